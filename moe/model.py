@@ -1,0 +1,187 @@
+"""The MoE Transformer encoder classifier.
+
+The forward pass is cut into pure pieces (DESIGN.md, "Making v1 exact by construction"):
+
+    Embedding          ids -> x
+    SelfAttention[l]   x, mask -> x + Attn(LN1(x)), h = LN2(x)       (h is what the router sees)
+    Router[l]          h of real tokens -> top-k expert ids, weights
+    Expert[l][e]       h of the tokens routed to e -> FFN_e(h)
+    Classifier         LN_f(x) -> masked mean over real tokens -> logits
+
+`MoEClassifier.forward` calls exactly these modules, and the Triton pipeline serves each of
+them as its own model, so v1 (distributed) and v2 (monolith) run the same math.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MoEConfig
+from .routing import (add_to_real_tokens, balance_loss, combine, dispatch_plan,
+                      real_token_index, router_z_loss, top_k_gating)
+
+
+class Embedding(nn.Module):
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.token = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.position = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.scale = math.sqrt(cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        return self.dropout(self.token(ids) * self.scale + self.position(positions))
+
+
+class SelfAttention(nn.Module):
+    """Pre-norm attention sublayer; also returns LN2(x), the input of the MoE sublayer."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.attn_dropout = cfg.dropout
+        self.moe_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.norm(x)).split(D, dim=2)
+        q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+        k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+        # Padding keys are masked out; every text has at least its [CLS] token, so no query
+        # row is fully masked. Padding query rows compute garbage that nothing reads.
+        keep = mask.view(B, 1, 1, T)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x + self.dropout(self.out(y.transpose(1, 2).reshape(B, T, D)))
+        return x, self.moe_norm(x)
+
+
+class Router(nn.Module):
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.top_k = cfg.top_k
+        self.proj = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+
+    def forward(self, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """h [N, D] -> expert ids [N, k], weights [N, k], router logits [N, E]."""
+        logits = self.proj(h).float()
+        expert_ids, weights = top_k_gating(logits, self.top_k)
+        return expert_ids, weights, logits
+
+
+class Expert(nn.Module):
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.fc2 = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.dropout(self.fc2(F.gelu(self.fc1(h))))
+
+
+class MoEFeedForward(nn.Module):
+    """Router + experts with sparse dispatch: each expert runs on its own tokens only."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.n_experts = cfg.n_experts
+        self.router = Router(cfg)
+        self.experts = nn.ModuleList([Expert(cfg) for _ in range(cfg.n_experts)])
+
+    def forward(self, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """h [N, D] (real tokens) -> update [N, D], expert ids [N, k], router logits [N, E]."""
+        expert_ids, weights, logits = self.router(h)
+        token_index, slot_order, counts = dispatch_plan(expert_ids, self.n_experts)
+        chunks = h.index_select(0, token_index).split(counts)
+        outputs: List[Tensor] = []
+        for e, expert in enumerate(self.experts):
+            outputs.append(expert(chunks[e]) if counts[e] > 0 else chunks[e])
+        update = combine(torch.cat(outputs), weights, token_index, slot_order, h.shape[0])
+        return update, expert_ids, logits
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.attention = SelfAttention(cfg)
+        self.moe = MoEFeedForward(cfg)
+
+    def forward(self, x: Tensor, mask: Tensor, real: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        x, h = self.attention(x, mask)
+        h_real = h.reshape(-1, h.shape[-1]).index_select(0, real)
+        update, expert_ids, logits = self.moe(h_real)
+        return add_to_real_tokens(x, real, update), expert_ids, logits
+
+
+class Classifier(nn.Module):
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        x = self.norm(x)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        pooled = (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+class MoEClassifier(nn.Module):
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedding = Embedding(cfg)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.classifier = Classifier(cfg)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward_routed(self, ids: Tensor, mask: Tensor) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+        """logits [B, C], and per layer the expert ids [N, k] and router logits [N, E] of the
+        N real tokens (flattened row-major over the batch)."""
+        mask = mask.to(torch.bool)
+        real = real_token_index(mask)
+        x = self.embedding(ids)
+        expert_ids: List[Tensor] = []
+        router_logits: List[Tensor] = []
+        for block in self.blocks:
+            x, ids_l, logits_l = block(x, mask, real)
+            expert_ids.append(ids_l)
+            router_logits.append(logits_l)
+        return self.classifier(x, mask), expert_ids, router_logits
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.forward_routed(ids, mask)[0]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def auxiliary_losses(cfg: MoEConfig, expert_ids: List[Tensor],
+                     router_logits: List[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Mean over layers of the balance loss and of the router z-loss."""
+    bal = torch.stack([balance_loss(lg, ei, cfg.n_experts) for ei, lg in zip(expert_ids, router_logits)])
+    z = torch.stack([router_z_loss(lg) for lg in router_logits])
+    return bal.mean(), z.mean()
+
+
+def expert_load(cfg: MoEConfig, expert_ids: List[Tensor]) -> Tensor:
+    """Tokens routed to each expert, [layers, experts] (each token counts once per chosen expert)."""
+    return torch.stack([torch.bincount(e.reshape(-1), minlength=cfg.n_experts) for e in expert_ids])

@@ -1,0 +1,68 @@
+"""Token routing math shared by the eager model, TorchScript export and the v1 BLS.
+
+Every function here is TorchScript-compatible and free of Python loops over tokens, so the
+monolithic model (v2) and the distributed pipeline (v1) run literally the same code to pick
+experts, group tokens by expert, and add the weighted expert outputs back.
+"""
+from typing import List, Tuple
+
+import torch
+from torch import Tensor
+
+
+def top_k_gating(router_logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
+    """Top-k experts per token and their weights (softmax over the k chosen logits)."""
+    top_logits, expert_ids = torch.topk(router_logits.float(), k, dim=-1)
+    return expert_ids, torch.softmax(top_logits, dim=-1)
+
+
+def dispatch_plan(expert_ids: Tensor, n_experts: int) -> Tuple[Tensor, Tensor, List[int]]:
+    """Group the N*k routed slots by expert.
+
+    Returns (token_index, slot_order, counts): slot_order sorts the flattened [N*k] slots by
+    expert (stable, so tokens keep their order inside an expert), token_index[i] is the token
+    that sorted slot i belongs to, and counts[e] is how many slots expert e receives. Expert e's
+    tokens are therefore token_index[sum(counts[:e]) : sum(counts[:e+1])].
+    """
+    flat = expert_ids.reshape(-1)
+    slot_order = torch.argsort(flat, stable=True)
+    token_index = torch.div(slot_order, expert_ids.shape[1], rounding_mode="floor")
+    counts: List[int] = torch.bincount(flat, minlength=n_experts).tolist()
+    return token_index, slot_order, counts
+
+
+def combine(expert_outputs: Tensor, expert_weights: Tensor, token_index: Tensor,
+            slot_order: Tensor, n_tokens: int) -> Tensor:
+    """sum_k w_k * expert_{e_k}(h) per token, from expert outputs in dispatch order."""
+    w = expert_weights.reshape(-1).index_select(0, slot_order).unsqueeze(1)
+    weighted = expert_outputs * w.to(expert_outputs.dtype)
+    out = torch.zeros((n_tokens, expert_outputs.shape[1]), dtype=weighted.dtype,
+                      device=expert_outputs.device)
+    return out.index_add(0, token_index, weighted)
+
+
+def add_to_real_tokens(x: Tensor, real_index: Tensor, update: Tensor) -> Tensor:
+    """Residual add of the MoE output at the real (non-padding) positions of x [B, T, D]."""
+    B, T, D = x.shape
+    return x.reshape(B * T, D).index_add(0, real_index, update.to(x.dtype)).reshape(B, T, D)
+
+
+def real_token_index(mask: Tensor) -> Tensor:
+    """Flat [B*T] positions of the real tokens: the only tokens that are routed."""
+    return torch.nonzero(mask.reshape(-1)).squeeze(1)
+
+
+def balance_loss(router_logits: Tensor, expert_ids: Tensor, n_experts: int) -> Tensor:
+    """Switch-Transformer load-balancing loss E * sum_i f_i * P_i over real tokens.
+
+    f_i: share of the routed slots that go to expert i; P_i: mean router probability of
+    expert i. Equals 1.0 when routing is uniform, grows as it concentrates.
+    """
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    f = torch.bincount(expert_ids.reshape(-1), minlength=n_experts).float() / expert_ids.numel()
+    return n_experts * torch.sum(f * probs.mean(0))
+
+
+def router_z_loss(router_logits: Tensor) -> Tensor:
+    """ST-MoE z-loss: keeps router logits small so the softmax stays well conditioned."""
+    return torch.logsumexp(router_logits.float(), dim=-1).square().mean()

@@ -1,0 +1,186 @@
+"""Training loop: AdamW, warm-up + cosine decay, clipping, bf16 autocast on CUDA, best-by-val."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint, write_metrics
+from .config import MoEConfig
+from .data import Split, load_split, train_val_split
+from .evaluate import evaluate
+from .model import MoEClassifier, auxiliary_losses, expert_load
+from .tokenizer import load_fast_tokenizer, train_tokenizer
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.05
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.05
+    max_train_rows: int | None = None
+    seed: int = 0
+    save_dtype: str = "float32"   # float16 for the shipped checkpoint
+    device: str = "auto"
+
+
+TRAIN_PRESETS = {
+    "tiny": dict(epochs=2, lr=2e-3, batch_size=64, label_smoothing=0.0),
+    "small": dict(epochs=10, lr=5e-4, save_dtype="float16"),
+    "seed": dict(epochs=8, lr=3e-4),
+}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_at(step: int, total: int, tc: TrainConfig) -> float:
+    warmup = max(1, int(total * tc.warmup_fraction))
+    if step < warmup:
+        return tc.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    floor = tc.lr * tc.min_lr_ratio
+    return floor + (tc.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class Batches:
+    """Texts tokenized once, served as length-bucketed batches padded to their longest text."""
+
+    def __init__(self, tokenizer, split: Split, max_len: int):
+        enc = tokenizer(split.texts, truncation=True, max_length=max_len)
+        self.ids = enc["input_ids"]
+        self.labels = split.labels
+        self.pad_id = tokenizer.pad_token_id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def iterate(self, batch_size: int, shuffle: bool, rng: random.Random | None = None):
+        order = list(range(len(self.ids)))
+        if shuffle:
+            rng.shuffle(order)
+            # Sort within chunks of 50 batches by length: less padding, still random batches.
+            chunk = batch_size * 50
+            order = [i for s in range(0, len(order), chunk)
+                     for i in sorted(order[s:s + chunk], key=lambda j: len(self.ids[j]))]
+            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+            rng.shuffle(batches)
+        else:
+            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+        for b in batches:
+            yield self.collate(b)
+
+    def collate(self, idx: list[int]):
+        T = max(len(self.ids[i]) for i in idx)
+        ids = torch.full((len(idx), T), self.pad_id, dtype=torch.int64)
+        for r, i in enumerate(idx):
+            ids[r, :len(self.ids[i])] = torch.tensor(self.ids[i])
+        return ids, ids != self.pad_id, torch.tensor([self.labels[i] for i in idx])
+
+
+def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=print) -> dict:
+    torch.manual_seed(tc.seed)
+    random.seed(tc.seed)
+    device = pick_device(tc.device)
+    rows = load_split(data, "train").head(tc.max_train_rows)
+    train_rows, val_rows = train_val_split(rows, tc.val_fraction, tc.seed)
+    log(f"data: {len(train_rows)} training rows, {len(val_rows)} validation rows, device {device}")
+
+    t0 = time.time()
+    tok = train_tokenizer(train_rows.texts, cfg.vocab_size, cfg.max_len)
+    if tok.get_vocab_size() < cfg.vocab_size:
+        # Few training rows make a smaller vocabulary; the embedding follows the tokenizer.
+        cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok_path = out.with_name(out.name + ".tokenizer.json")
+    tok.save(str(tok_path))
+    tokenizer_json = tok_path.read_text()
+    fast = load_fast_tokenizer(tok_path)
+    tok_path.unlink()
+    train_batches = Batches(fast, train_rows, cfg.max_len)
+    log(f"tokenizer: {tok.get_vocab_size()} subwords, trained in {time.time() - t0:.1f}s")
+
+    model = MoEClassifier(cfg).to(device)
+    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.n_layers} layers, "
+        f"{cfg.n_experts} experts, top-{cfg.top_k}")
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tc.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
+    steps_per_epoch = math.ceil(len(train_batches) / tc.batch_size)
+    total = steps_per_epoch * tc.epochs
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    rng = random.Random(tc.seed)
+
+    history = {"config": cfg.to_dict(), "train": dataclasses.asdict(tc), "data": str(data),
+               "train_rows": len(train_rows), "val_rows": len(val_rows), "epochs": []}
+    best_val, step = -1.0, 0
+    for epoch in range(1, tc.epochs + 1):
+        model.train()
+        sums = dict(loss=0.0, bal=0.0, correct=0, seen=0)
+        load = torch.zeros(cfg.n_layers, cfg.n_experts, dtype=torch.long, device=device)
+        t_epoch = time.time()
+        bar = tqdm(train_batches.iterate(tc.batch_size, True, rng), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{tc.epochs}", unit="batch", leave=False,
+                   mininterval=1.0)
+        for ids, mask, labels in bar:
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, total, tc)
+            with autocast:
+                logits, expert_ids, router_logits = model.forward_routed(ids, mask)
+                ce = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                bal, z = auxiliary_losses(cfg, expert_ids, router_logits)
+                loss = ce + cfg.balance_loss_weight * bal + cfg.z_loss_weight * z
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            step += 1
+            load += expert_load(cfg, expert_ids)
+            n = labels.shape[0]
+            sums["loss"] += ce.item() * n
+            sums["bal"] += bal.item() * n
+            sums["correct"] += (logits.argmax(-1) == labels).sum().item()
+            sums["seen"] += n
+            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}",
+                            acc=f"{sums['correct'] / sums['seen']:.3f}", bal=f"{bal.item():.3f}")
+        val = evaluate(model, fast, val_rows, cfg, device=device)
+        record = dict(epoch=epoch, train_loss=sums["loss"] / sums["seen"],
+                      train_accuracy=sums["correct"] / sums["seen"],
+                      balance_loss=sums["bal"] / sums["seen"], val_accuracy=val["accuracy"],
+                      lr=lr_at(step - 1, total, tc), seconds=time.time() - t_epoch,
+                      expert_load_train=load.tolist(), expert_load_val=val["expert_load"])
+        history["epochs"].append(record)
+        improved = val["accuracy"] > best_val
+        if improved:
+            best_val = val["accuracy"]
+            history["best_epoch"], history["best_val_accuracy"] = epoch, best_val
+            save_checkpoint(out, model, tokenizer_json, history,
+                            dtype=getattr(torch, tc.save_dtype))
+        else:
+            # Keep the best weights but record every epoch's numbers next to them.
+            write_metrics(out, history)
+        log(f"epoch {epoch}/{tc.epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f} | val acc {record['val_accuracy']:.4f} | "
+            f"balance {record['balance_loss']:.3f} | {record['seconds']:.0f}s"
+            + ("  (best, saved)" if improved else ""))
+    return history
