@@ -135,7 +135,10 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
     best_val, step = -1.0, 0
     for epoch in range(1, tc.epochs + 1):
         model.train()
-        sums = dict(loss=0.0, bal=0.0, correct=0, seen=0)
+        # Running sums stay on the device: no host sync per step (the progress bar reads them
+        # every 50 steps).
+        sums = dict(loss=torch.zeros((), device=device), bal=torch.zeros((), device=device),
+                    correct=torch.zeros((), dtype=torch.long, device=device), seen=0)
         load = torch.zeros(cfg.n_layers, cfg.n_experts, dtype=torch.long, device=device)
         t_epoch = time.time()
         bar = tqdm(train_batches.iterate(tc.batch_size, True, rng), total=steps_per_epoch,
@@ -157,12 +160,15 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
             step += 1
             load += expert_load(cfg, expert_ids)
             n = labels.shape[0]
-            sums["loss"] += ce.item() * n
-            sums["bal"] += bal.item() * n
-            sums["correct"] += (logits.argmax(-1) == labels).sum().item()
+            sums["loss"] += ce.detach() * n
+            sums["bal"] += bal.detach() * n
+            sums["correct"] += (logits.argmax(-1) == labels).sum()
             sums["seen"] += n
-            bar.set_postfix(loss=f"{sums['loss'] / sums['seen']:.4f}",
-                            acc=f"{sums['correct'] / sums['seen']:.3f}", bal=f"{bal.item():.3f}")
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen']:.4f}",
+                                acc=f"{sums['correct'].item() / sums['seen']:.3f}",
+                                bal=f"{bal.item():.3f}")
+        sums = {k: v.item() if torch.is_tensor(v) else v for k, v in sums.items()}
         val = evaluate(model, fast, val_rows, cfg, device=device)
         record = dict(epoch=epoch, train_loss=sums["loss"] / sums["seen"],
                       train_accuracy=sums["correct"] / sums["seen"],

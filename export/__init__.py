@@ -1,0 +1,1 @@
+"""Checkpoint -> TorchScript pieces -> Triton model repository (see repository.py)."""

@@ -1,0 +1,131 @@
+"""TorchScript entry points for each Triton model, wrapping the very modules the eager model uses.
+
+Inputs and outputs follow NVIDIA's pytorch_libtorch convention: forward's arguments are
+INPUT__0, INPUT__1, ... and its returned tuple is OUTPUT__0, OUTPUT__1, ... in that order. A piece
+that is per layer holds that piece of every layer and takes the layer as an INT64 [1] tensor.
+"""
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from moe.model import MoEClassifier
+
+
+def _layer(layer: Tensor, n_layers: int) -> int:
+    index = int(layer.reshape(-1)[0].item())
+    if index < 0 or index >= n_layers:
+        raise ValueError(f"layer {index} out of range: the model has {n_layers} layers")
+    return index
+
+
+class EmbeddingPiece(nn.Module):
+    def __init__(self, model: MoEClassifier):
+        super().__init__()
+        self.embedding = model.embedding
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.embedding(ids)
+
+
+class AttentionPiece(nn.Module):
+    def __init__(self, model: MoEClassifier):
+        super().__init__()
+        self.layers = nn.ModuleList([b.attention for b in model.blocks])
+        self.n_layers = len(self.layers)
+
+    def forward(self, x: Tensor, mask: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
+        index = _layer(layer, self.n_layers)
+        result = (x, x)
+        for i, attention in enumerate(self.layers):
+            if i == index:
+                result = attention(x, mask)
+        return result
+
+
+class GatingPiece(nn.Module):
+    def __init__(self, model: MoEClassifier):
+        super().__init__()
+        self.layers = nn.ModuleList([b.moe.router for b in model.blocks])
+        self.n_layers = len(self.layers)
+
+    def forward(self, h: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
+        index = _layer(layer, self.n_layers)
+        ids, weights = torch.empty(0), torch.empty(0)
+        for i, router in enumerate(self.layers):
+            if i == index:
+                ids, weights, _ = router(h)
+        return ids, weights
+
+
+class ExpertPiece(nn.Module):
+    """Expert e of every layer: one Triton model per expert (expert parallelism)."""
+
+    def __init__(self, model: MoEClassifier, expert: int):
+        super().__init__()
+        self.layers = nn.ModuleList([b.moe.experts[expert] for b in model.blocks])
+        self.n_layers = len(self.layers)
+
+    def forward(self, h: Tensor, layer: Tensor) -> Tensor:
+        index = _layer(layer, self.n_layers)
+        out = h
+        for i, expert in enumerate(self.layers):
+            if i == index:
+                out = expert(h)
+        return out
+
+
+class ClassifierPiece(nn.Module):
+    def __init__(self, model: MoEClassifier):
+        super().__init__()
+        self.classifier = model.classifier
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        return self.classifier(x, mask)
+
+
+class FullModel(nn.Module):
+    def __init__(self, model: MoEClassifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        return self.model(ids, mask)
+
+
+def build_pieces(model: MoEClassifier) -> dict:
+    """Triton model name -> eager wrapper module."""
+    pieces = {
+        "embedding": EmbeddingPiece(model),
+        "attention": AttentionPiece(model),
+        "gating": GatingPiece(model),
+        "classifier": ClassifierPiece(model),
+        "full_model": FullModel(model),
+    }
+    for e in range(model.cfg.n_experts):
+        pieces[f"expert_{e}"] = ExpertPiece(model, e)
+    return {name: m.eval() for name, m in pieces.items()}
+
+
+def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
+    """Realistic inputs for each piece, taken from an eager run on (ids, mask): used to check
+    every TorchScript piece against its eager module before anything is written."""
+    cfg = model.cfg
+    samples: dict = {"embedding": [(ids,)], "classifier": [], "full_model": [(ids, mask)],
+                     "attention": [], "gating": []}
+    for e in range(cfg.n_experts):
+        samples[f"expert_{e}"] = []
+    with torch.no_grad():
+        x = model.embedding(ids)
+        real = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        for l, block in enumerate(model.blocks):
+            layer = torch.tensor([l], dtype=torch.int64)
+            samples["attention"].append((x, mask, layer))
+            x_attn, h = block.attention(x, mask)
+            h_real = h.reshape(-1, cfg.d_model).index_select(0, real)
+            samples["gating"].append((h_real, layer))
+            for e in range(cfg.n_experts):
+                samples[f"expert_{e}"].append((h_real[e::cfg.n_experts], layer))
+            x, _, _ = block(x, mask, real)
+        samples["classifier"].append((x, mask))
+    return samples

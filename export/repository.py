@@ -1,0 +1,182 @@
+"""`moe export`: a checkpoint -> the Triton model repository, every piece parity-checked.
+
+Layout written under OUT (default build/):
+    OUT/model_repository/<model>/config.pbtxt and 1/model.pt or 1/model.py (+ assets)
+    OUT/ensemble/moe_v1, moe_v2     (a second --model-repository for tritonserver)
+    OUT/manifest.json               (what was exported from where)
+
+Config templates and Python models are the folders of model_repository/ and ensemble/ in the
+source tree; ${placeholders} are filled from the checkpoint's config and the export options.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moe.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
+from moe.errors import MoEError
+from moe.tokenizer import encode, load_fast_tokenizer
+
+from .pieces import build_pieces, sample_inputs
+
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+MODEL_TEMPLATES = SOURCE_ROOT / "model_repository"
+ENSEMBLE_TEMPLATES = SOURCE_ROOT / "ensemble"
+ROUTING_SOURCE = SOURCE_ROOT / "moe" / "routing.py"
+DEFAULT_OUT = SOURCE_ROOT / "build"
+TOLERANCE = 1e-5
+
+# Texts whose routed tokens exercise every piece during the parity check.
+PARITY_TEXTS = [
+    "Wall St. Bears Claw Back Into the Black (Reuters) Short-sellers are seeing green again.",
+    "Phelps wins his sixth gold medal as the United States dominates the pool in Athens.",
+    "Oil prices hit a record high as supply fears grip the market; stocks slide.",
+    "NASA's new space telescope finds water on a distant planet, scientists say.",
+    "The UN Security Council meets on the crisis in Darfur.",
+    "Google unveils a faster search engine for mobile phones",
+    "short",
+]
+
+
+@dataclass
+class ExportOptions:
+    device: str = "cpu"               # cpu | cuda
+    gpus: int = 1                     # GPUs to spread experts over with --device cuda
+    backend: str = "torchscript"      # torchscript (here) | pytorch (NVIDIA's libtorch backend)
+    max_batch_size: int = 64
+    queue_delay_us: int = 0
+    threads: int = 1                  # intra-op threads per TorchScript model instance
+    full_model_threads: int = 2
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pbtxt_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def instance_group(opts: ExportOptions, gpu: int = 0) -> str:
+    if opts.device == "cuda":
+        return f"{{ count: 1 kind: KIND_GPU gpus: [ {gpu % max(1, opts.gpus)} ] }}"
+    return "{ count: 1 kind: KIND_CPU }"
+
+
+def torch_parameters(threads: int) -> str:
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+                     for k, v in (("INTRA_OP_THREAD_COUNT", threads), ("INTER_OP_THREAD_COUNT", 1)))
+
+
+def fill(template: Path, values: dict) -> str:
+    try:
+        return string.Template(template.read_text()).substitute(values)
+    except KeyError as e:
+        raise MoEError(f"{template}: no value for placeholder {e}") from None
+
+
+def check_parity(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptModule, samples) -> float:
+    worst = 0.0
+    with torch.no_grad():
+        for args in samples:
+            expected, got = eager(*args), scripted(*args)
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            got = got if isinstance(got, tuple) else (got,)
+            for e, g in zip(expected, got):
+                if e.shape != g.shape or e.dtype != g.dtype:
+                    raise MoEError(f"TorchScript {name} returns {tuple(g.shape)} {g.dtype}, "
+                                   f"eager returns {tuple(e.shape)} {e.dtype}: refusing to export")
+                diff = (e.double() - g.double()).abs().max().item() if e.numel() else 0.0
+                worst = max(worst, diff)
+    if not worst <= TOLERANCE:
+        raise MoEError(f"TorchScript {name} differs from the eager module by {worst:.3g} "
+                       f"(tolerance {TOLERANCE}): refusing to export")
+    return worst
+
+
+def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
+                      opts: ExportOptions = ExportOptions(), progress: bool = True, log=print) -> Path:
+    if opts.device not in ("cpu", "cuda"):
+        raise MoEError(f"--device must be cpu or cuda, got {opts.device!r}")
+    if opts.backend not in ("torchscript", "pytorch"):
+        raise MoEError(f"--backend must be torchscript or pytorch, got {opts.backend!r}")
+    model, ckpt = load_checkpoint(checkpoint)
+    cfg = model.cfg
+    tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
+    ids, mask = encode(tokenizer, PARITY_TEXTS, cfg.max_len)
+    pieces = build_pieces(model)
+    samples = sample_inputs(model, ids, mask)
+
+    from tqdm.auto import tqdm
+    scripted = {}
+    bar = tqdm(pieces.items(), desc="script + parity check", unit="model", disable=not progress)
+    for name, module in bar:
+        bar.set_postfix_str(name)
+        scripted[name] = torch.jit.script(module)
+        check_parity(name, module, scripted[name], samples[name])
+    log(f"parity: {len(scripted)} TorchScript models match eager within {TOLERANCE}")
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    models, ensembles = tmp / "model_repository", tmp / "ensemble"
+    experts = [f"expert_{e}" for e in range(cfg.n_experts)]
+    values = dict(
+        max_batch_size=opts.max_batch_size, queue_delay_us=opts.queue_delay_us,
+        d_model=cfg.d_model, n_layers=cfg.n_layers, n_experts=cfg.n_experts, top_k=cfg.top_k,
+        n_classes=cfg.n_classes, pad_id=cfg.pad_id, torchscript_backend=opts.backend,
+        labels_json=pbtxt_string(json.dumps(list(cfg.labels))), expert_models=",".join(experts),
+        max_text_chars=cfg.max_len * 64, pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
+        instance_group=instance_group(opts), torch_parameters=torch_parameters(opts.threads))
+
+    def write_model(name: str, template_dir: Path, extra: dict | None = None) -> Path:
+        folder = models / name
+        (folder / "1").mkdir(parents=True)
+        (folder / "config.pbtxt").write_text(fill(template_dir / "config.pbtxt", {**values, **(extra or {})}))
+        for f in (template_dir / "1").glob("*.py") if (template_dir / "1").is_dir() else []:
+            shutil.copy2(f, folder / "1" / f.name)
+        if name in scripted:
+            torch.jit.save(scripted[name], str(folder / "1" / "model.pt"))
+        return folder
+
+    for name in ("embedding", "attention", "gating", "classifier"):
+        write_model(name, MODEL_TEMPLATES / name)
+    write_model("full_model", MODEL_TEMPLATES / "full_model",
+                dict(torch_parameters=torch_parameters(opts.full_model_threads)))
+    for e, name in enumerate(experts):
+        write_model(name, MODEL_TEMPLATES / "expert",
+                    dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))
+    tok = write_model("tokenizer", MODEL_TEMPLATES / "tokenizer")
+    shutil.copy2(ckpt / TOKENIZER, tok / "1" / TOKENIZER)
+    bls = write_model("moe_bls", MODEL_TEMPLATES / "moe_bls")
+    shutil.copy2(ROUTING_SOURCE, bls / "1" / "moe_routing.py")
+    write_model("postprocessing", MODEL_TEMPLATES / "postprocessing")
+    for name in ("moe_v1", "moe_v2"):
+        folder = ensembles / name
+        (folder / "1").mkdir(parents=True)   # ensembles need an (empty) version folder
+        (folder / "config.pbtxt").write_text(fill(ENSEMBLE_TEMPLATES / name / "config.pbtxt", values))
+
+    manifest = dict(checkpoint=str(ckpt), weights_sha256=sha256(ckpt / WEIGHTS),
+                    config=cfg.to_dict(), options=opts.__dict__,
+                    models=sorted(p.name for p in models.iterdir()),
+                    ensembles=sorted(p.name for p in ensembles.iterdir()))
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    log(f"wrote {len(manifest['models'])} models and {len(manifest['ensembles'])} ensembles to {out}")
+    return out

@@ -1,0 +1,71 @@
+"""TEXT (UTF-8 bytes) -> INPUT_IDS, ATTENTION_MASK with the checkpoint's tokenizer.json.
+
+Uses the `tokenizers` library directly (what transformers' fast tokenizer wraps): the [CLS]
+template and truncation are stored in tokenizer.json, so the ids equal those of training.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from tokenizers import Tokenizer
+
+
+class BadText(ValueError):
+    pass
+
+
+def decode(raw, index: int, max_chars: int) -> str:
+    if not isinstance(raw, (bytes, np.bytes_)):
+        raw = str(raw).encode("utf-8")
+    try:
+        text = bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadText(f"TEXT[{index}] is not valid UTF-8 (byte {e.object[e.start]:#04x} "
+                      f"at offset {e.start})") from None
+    if not text.strip():
+        raise BadText(f"TEXT[{index}] is empty or whitespace only")
+    # Tokens past max_len are truncated anyway; cutting megabyte texts first keeps the
+    # tokenizer's time bounded without changing the result for real text.
+    return text[:max_chars]
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.max_chars = int(params["max_text_chars"])
+        padding = self.tokenizer.padding
+        multiple = int(params.get("pad_to_multiple_of", "0")) or None
+        # Requests of one execute are padded to one length (a multiple of 8), so the
+        # dynamic batcher of the next model can merge them.
+        self.tokenizer.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"],
+                                      pad_to_multiple_of=multiple)
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        texts, owners = [], []
+        for r, request in enumerate(requests):
+            raw = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().reshape(-1)
+            try:
+                decoded = [decode(t, i, self.max_chars) for i, t in enumerate(raw)]
+            except BadText as e:
+                responses[r] = pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+                continue
+            texts.extend(decoded)
+            owners.extend([r] * len(decoded))
+        if texts:
+            encodings = self.tokenizer.encode_batch(texts)
+            ids = np.array([e.ids for e in encodings], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encodings], dtype=bool)
+            owners = np.array(owners)
+            for r in range(len(requests)):
+                if responses[r] is None:
+                    rows = owners == r
+                    responses[r] = pb_utils.InferenceResponse(output_tensors=[
+                        pb_utils.Tensor("INPUT_IDS", ids[rows]),
+                        pb_utils.Tensor("ATTENTION_MASK", mask[rows])])
+        return responses
