@@ -102,5 +102,78 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     click.echo(json.dumps(result) if as_json else format_report(result))
 
 
+@main.command("export")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="default: build/ in the source tree")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--gpus", type=int, default=None, help="GPUs to spread experts over (default: all visible)")
+@click.option("--backend", type=click.Choice(["torchscript", "pytorch"]), default="torchscript",
+              show_default=True, help="pytorch = NVIDIA's libtorch backend (Triton container)")
+@click.option("--max-batch-size", type=int, default=64, show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads per piece")
+@friendly_errors
+def export_(checkpoint, out, device, gpus, backend, max_batch_size, threads):
+    """Export CHECKPOINT (default: the bundled one) to a Triton model repository."""
+    from export.repository import DEFAULT_OUT, ExportOptions, export_repository
+    if gpus is None:
+        import torch
+        gpus = max(1, torch.cuda.device_count()) if device == "cuda" else 1
+    opts = ExportOptions(device=device, gpus=gpus, backend=backend,
+                         max_batch_size=max_batch_size, threads=threads)
+    export_repository(checkpoint, out or DEFAULT_OUT, opts, log=click.echo)
+
+
+@main.command()
+@click.option("--repository", type=click.Path(path_type=Path),
+              help="export folder or model repository (default: build/, exported on first use)")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="checkpoint to export when the repository does not exist yet (default: bundled)")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to bind; 0.0.0.0 exposes the server to the network")
+@click.option("--http-port", default=8000, show_default=True)
+@click.option("--grpc-port", default=8001, show_default=True)
+@click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--classify", "sample_text", metavar="TEXT",
+              help="once ready, classify TEXT with v1 and v2, print the answers and stop")
+@click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for readiness")
+@friendly_errors
+def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, sample_text, timeout):
+    """Serve the model repository with the tritonserver of the nvidia-pytriton wheel."""
+    import time
+    from .serve import DEFAULT_BUILD, ServerOptions, TritonServer
+    repository = repository or DEFAULT_BUILD
+    if not repository.exists():
+        if repository != DEFAULT_BUILD:
+            raise MoEError(f"model repository not found: {repository} (run `moe export`)")
+        click.echo(f"no repository at {repository} yet: exporting the checkpoint first")
+        from export.repository import export_repository
+        export_repository(checkpoint, repository, log=click.echo)
+    server = TritonServer(ServerOptions(repository=repository, host=host, http_port=http_port,
+                                        grpc_port=grpc_port, metrics_port=metrics_port))
+    started = time.monotonic()
+    click.echo(f"starting tritonserver on {repository} (log: {server.log_path})")
+    try:
+        server.start(timeout)
+        click.echo(f"all models ready in {time.monotonic() - started:.1f}s\n"
+                   f"  HTTP     http://{server.http_url}  (KServe v2: /v2/models/moe_v2/infer)\n"
+                   f"  gRPC     {server.grpc_url}\n"
+                   f"  metrics  {server.metrics_url}")
+        if sample_text is not None:
+            from moe_client import MoEClient
+            with MoEClient(server.http_url) as client:
+                for workflow in ("v1", "v2"):
+                    p = client.classify(sample_text, workflow=workflow)
+                    click.echo(f"moe_{workflow}: {p.label} ({p.confidence:.3f})  <- {sample_text!r}")
+            return
+        click.echo("Ctrl-C to stop")
+        code = server.process.wait()
+        raise MoEError(f"tritonserver exited with code {code}:\n{server.error_summary()}")
+    except KeyboardInterrupt:
+        click.echo("stopping tritonserver")
+    finally:
+        code = server.stop()
+        server.cleanup()
+
+
 if __name__ == "__main__":
     main()

@@ -30,3 +30,40 @@ def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
 def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "moe.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, **kw)
+
+
+def free_ports(n: int) -> list[int]:
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="session")
+def tiny_repository(tmp_path_factory, tiny_checkpoint) -> Path:
+    """The tiny checkpoint exported to a Triton model repository (TorchScript pieces)."""
+    from export.repository import export_repository
+    out = tmp_path_factory.mktemp("repo") / "build"
+    export_repository(tiny_checkpoint, out, progress=False, log=lambda *_: None)
+    return out
+
+
+def start_server(repository: Path, **kw):
+    from moe.serve import ServerOptions, TritonServer
+    http_port, grpc_port, metrics_port = free_ports(3)
+    server = TritonServer(ServerOptions(repository=repository, http_port=http_port,
+                                        grpc_port=grpc_port, metrics_port=metrics_port, **kw))
+    return server.start(timeout=240)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_repository):
+    """A real tritonserver on free loopback ports serving the tiny model, v1 and v2."""
+    s = start_server(tiny_repository)
+    yield s
+    s.stop()
+    s.cleanup()

@@ -37,6 +37,16 @@ def to_torch(tensor: "pb_utils.Tensor") -> torch.Tensor:
     return from_dlpack(tensor.to_dlpack())
 
 
+def wants_expert_tokens(request) -> bool:
+    """EXPERT_TOKENS is computed only for requests with the parameter expert_tokens=true.
+
+    An ensemble asks its steps for every output it maps, whatever the client requested, so
+    the client's wish reaches this model as a request parameter (which ensembles forward).
+    """
+    value = json.loads(request.parameters() or "{}").get("expert_tokens", False)
+    return value is True or str(value).lower() in ("true", "1")
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -97,16 +107,17 @@ class TritonPythonModel:
         T = max(i.shape[1] for i in ids_list)
         ids = torch.cat([torch.nn.functional.pad(i, (0, T - i.shape[1]), value=self.pad_id) for i in ids_list])
         mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1]), value=False) for m in mask_list])
-        count_tokens = any("EXPERT_TOKENS" in r.requested_output_names() for r in requests)
+        wants_counts = [wants_expert_tokens(r) for r in requests]
+        count_tokens = any(wants_counts)
         try:
             logits, counts = await self.forward(ids, mask, count_tokens)
         except StepFailed as e:
             error = pb_utils.TritonError(f"moe_bls: {e}")
             return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
         responses, start = [], 0
-        for request, n in zip(requests, sizes):
+        for n, wants in zip(sizes, wants_counts):
             outputs = [to_triton("LOGITS", logits[start:start + n])]
-            if counts is not None and "EXPERT_TOKENS" in request.requested_output_names():
+            if wants:
                 outputs.append(to_triton("EXPERT_TOKENS", counts[start:start + n]))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start += n
