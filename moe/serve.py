@@ -64,7 +64,6 @@ def server_env() -> dict:
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     # One thread per process unless a config asks for more: the stubs share few cores.
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["PYTHONDONTWRITEBYTECODE"] = "1"     # keep the model repository as exported
     return env
 
 
