@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import site
@@ -77,6 +78,27 @@ def repositories(root: Path) -> list[Path]:
     raise MoEError(f"model repository not found: {root} (run `moe export` first)")
 
 
+# Triton API groups closed unless the caller sends the admin header (Triton's restricted APIs):
+# repository index/load/unload, shared-memory registration, log settings and tracing.
+RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+ADMIN_HEADER = "moe-admin-key"
+
+
+def parse_expert_range(spec: str, n_experts: int = 8) -> list[int]:
+    """'0-3' / '0,2,5' / '4-7,1' -> sorted expert indices."""
+    experts = set()
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.partition("-")
+            experts.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise MoEError(f"expert list {spec!r}: expected e.g. 0-3 or 0,2,5") from None
+    bad = sorted(e for e in experts if not 0 <= e < n_experts)
+    if bad or not experts:
+        raise MoEError(f"expert list {spec!r}: experts are numbered 0..{n_experts - 1}")
+    return sorted(experts)
+
+
 @dataclass
 class ServerOptions:
     repository: Path = DEFAULT_BUILD
@@ -84,6 +106,12 @@ class ServerOptions:
     http_port: int = 8000
     grpc_port: int = 8001
     metrics_port: int = 8002
+    # Serve only these models of the repository (None: all). `--only-experts 0-3` uses it.
+    models: list[str] | None = None
+    # Other Triton servers holding the expert models (`--experts-at`): v1 calls them over gRPC.
+    experts_at: list[str] = field(default_factory=list)
+    # Header value that opens the restricted APIs; None: a random one, so they stay closed.
+    admin_key: str | None = None
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
 
@@ -110,11 +138,34 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.opts.host}:{self.opts.metrics_port}/metrics"
 
+    def repository_args(self) -> list[str]:
+        roots = repositories(self.opts.repository)
+        keep = self.opts.models
+        if keep is None and self.opts.experts_at:
+            # Experts live on the other servers: serve everything else here.
+            keep = [m.name for r in roots for m in r.iterdir() if not m.name.startswith("expert_")]
+        if keep is None:
+            return [f"--model-repository={r}" for r in roots]
+        # A view of the repository with only the chosen models (symbolic links, nothing copied).
+        available = {m.name: m for r in roots for m in r.iterdir() if (m / "config.pbtxt").is_file()}
+        unknown = sorted(set(keep) - set(available))
+        if unknown:
+            raise MoEError(f"not in the repository {self.opts.repository}: {', '.join(unknown)}")
+        view = self.workdir / "repository"
+        view.mkdir(exist_ok=True)
+        for name in keep:
+            (view / name).symlink_to(available[name].resolve(), target_is_directory=True)
+        return [f"--model-repository={view}"]
+
+    def restricted_api_args(self) -> list[str]:
+        key = self.opts.admin_key or secrets.token_urlsafe(32)
+        rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"
+        return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
+
     def command(self) -> list[str]:
         dist, _ = triton_dist()
         o = self.opts
-        cmd = [str(dist / "bin" / "tritonserver")]
-        cmd += [f"--model-repository={r}" for r in repositories(o.repository)]
+        cmd = [str(dist / "bin" / "tritonserver"), *self.repository_args(), *self.restricted_api_args()]
         cmd += [
             f"--backend-directory={prepare_backends(self.workdir / 'backends')}",
             f"--cache-directory={self.workdir / 'cache'}",
@@ -130,8 +181,11 @@ class TritonServer:
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         log = open(self.log_path, "wb")
+        env = server_env()
+        if self.opts.experts_at:
+            env["MOE_REMOTE_EXPERTS"] = ",".join(self.opts.experts_at)
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=server_env(), start_new_session=True)
+                                        env=env, start_new_session=True)
         log.close()
         self.wait_ready(timeout)
         return self

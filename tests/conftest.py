@@ -52,6 +52,9 @@ def tiny_repository(tmp_path_factory, tiny_checkpoint) -> Path:
     return out
 
 
+ADMIN_KEY = "test-admin-key"
+
+
 def start_server(repository: Path, **kw):
     from moe.serve import ServerOptions, TritonServer
     http_port, grpc_port, metrics_port = free_ports(3)
@@ -63,7 +66,7 @@ def start_server(repository: Path, **kw):
 @pytest.fixture(scope="session")
 def server(tiny_repository):
     """A real tritonserver on free loopback ports serving the tiny model, v1 and v2."""
-    s = start_server(tiny_repository)
+    s = start_server(tiny_repository, admin_key=ADMIN_KEY)
     yield s
     s.stop()
     s.cleanup()

@@ -18,7 +18,7 @@ from moe.data import load_split
 from moe.errors import MoEError
 from moe.tokenizer import encode, load_fast_tokenizer
 
-from .conftest import start_server
+from .conftest import ADMIN_KEY, start_server
 
 MODELS = ["tokenizer", "embedding", "attention", "gating", *[f"expert_{e}" for e in range(8)],
           "classifier", "moe_bls", "full_model", "postprocessing", "moe_v1", "moe_v2"]
@@ -138,7 +138,10 @@ def test_bad_input_gets_clear_errors_and_server_keeps_serving(http, server):
 
 
 def test_repository_index_lists_every_model_ready(http):
-    index = {m["name"]: m.get("state") for m in http.get_model_repository_index()}
+    # The repository API is an operator API: closed without the admin header.
+    assert_rejected(lambda: http.get_model_repository_index(), "restricted")
+    index = {m["name"]: m.get("state") for m in
+             http.get_model_repository_index(headers={"moe-admin-key": ADMIN_KEY})}
     for name in MODELS:
         assert index.get(name) == "READY", (name, index.get(name))
         assert http.is_model_ready(name)
