@@ -52,6 +52,8 @@ class ExportOptions:
     backend: str = "torchscript"      # torchscript (here) | pytorch (NVIDIA's libtorch backend)
     max_batch_size: int = 64
     queue_delay_us: int = 0
+    max_queue_size: int = 256         # per entry model; beyond it requests are rejected at once
+    queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
     threads: int = 1                  # intra-op threads per TorchScript model instance
     full_model_threads: int = 2
 
@@ -134,6 +136,7 @@ def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
     experts = [f"expert_{e}" for e in range(cfg.n_experts)]
     values = dict(
         max_batch_size=opts.max_batch_size, queue_delay_us=opts.queue_delay_us,
+        max_queue_size=opts.max_queue_size, queue_timeout_us=opts.queue_timeout_us,
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_experts=cfg.n_experts, top_k=cfg.top_k,
         n_classes=cfg.n_classes, pad_id=cfg.pad_id, torchscript_backend=opts.backend,
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))), expert_models=",".join(experts),
