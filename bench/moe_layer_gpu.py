@@ -7,6 +7,10 @@ Compares, in bf16, on the same random tokens and the same router:
                     (index_add).
   sparse_sort_copy  the same, but combine by un-permuting the weighted slot outputs
                     (index_copy) and summing the k slots of each token: no atomics, no zeros.
+  sparse_sort_gather      the same, but combine by GATHERING the expert outputs back into
+                    [token, k] order (inverse permutation, index_select) and a weighted sum over k:
+                    no atomics, no zeros, the weights stay in [token, k] order.
+  sparse_sort_gather_bmm  the same, the weighted sum over k as one bmm ([N,1,k] @ [N,k,D]).
   mask_loop         the naive loop of older implementations: for e: (ids == e).nonzero(), gather,
                     expert, index_add.
   dense             a dense FFN with the same ACTIVE parameters per token (hidden width
@@ -56,7 +60,8 @@ from moe.config import MoEConfig, preset  # noqa: E402
 from moe.model import MoEFeedForward  # noqa: E402
 from moe.routing import combine, dispatch_plan  # noqa: E402
 
-VARIANTS = ["sparse_sort", "sparse_sort_copy", "mask_loop", "dense", "grouped_mm",
+VARIANTS = ["sparse_sort", "sparse_sort_copy", "sparse_sort_gather", "sparse_sort_gather_bmm",
+            "mask_loop", "dense", "grouped_mm",
             "grouped_mm_prestacked", "compiled_grouped_mm", "compiled_sparse_sort"]
 COMPILED = {"compiled_grouped_mm", "compiled_sparse_sort"}
 
@@ -97,6 +102,32 @@ def sparse_sort_copy(moe: MoEFeedForward, h: Tensor) -> Tensor:
     w = weights.reshape(-1).index_select(0, slot_order).unsqueeze(1).to(y.dtype)
     slots = torch.empty_like(y).index_copy_(0, slot_order, y * w)       # back to [token, k] order
     return slots.view(n, k, -1).sum(1)
+
+
+def inverse_permutation(slot_order: Tensor) -> Tensor:
+    """inv[slot_order[i]] = i: sorted position of each [token, k] slot."""
+    return torch.empty_like(slot_order).index_copy_(
+        0, slot_order, torch.arange(slot_order.numel(), device=slot_order.device))
+
+
+def combine_gather(expert_outputs: Tensor, expert_weights: Tensor, slot_order: Tensor,
+                   use_bmm: bool = False) -> Tensor:
+    n, k = expert_weights.shape
+    y = expert_outputs.index_select(0, inverse_permutation(slot_order)).view(n, k, -1)
+    w = expert_weights.to(y.dtype)
+    if use_bmm:
+        return torch.bmm(w.unsqueeze(1), y).squeeze(1)
+    return (y * w.unsqueeze(2)).sum(1)
+
+
+def sparse_sort_gather(moe: MoEFeedForward, h: Tensor, use_bmm: bool = False) -> Tensor:
+    expert_ids, weights, _ = moe.router(h)
+    token_index, slot_order, counts = dispatch_plan(expert_ids, moe.n_experts)
+    chunks = h.index_select(0, token_index).split(counts)
+    outputs: List[Tensor] = []
+    for e, expert in enumerate(moe.experts):
+        outputs.append(expert(chunks[e]) if counts[e] > 0 else chunks[e])
+    return combine_gather(torch.cat(outputs), weights, slot_order, use_bmm)
 
 
 def mask_loop(moe: MoEFeedForward, h: Tensor) -> Tensor:
@@ -240,7 +271,10 @@ def fp32_checks(cfg: MoEConfig, device: torch.device, n: int) -> List[dict]:
         rows = []
         with torch.no_grad():
             ref = sparse_sort(moe, h)
-            for name, fn in [("sparse_sort_copy", sparse_sort_copy), ("mask_loop", mask_loop),
+            for name, fn in [("sparse_sort_copy", sparse_sort_copy),
+                             ("sparse_sort_gather", sparse_sort_gather),
+                             ("sparse_sort_gather_bmm", lambda m, x: sparse_sort_gather(m, x, True)),
+                             ("mask_loop", mask_loop),
                              ("grouped_mm", grouped_mm)]:
                 try:
                     diff = float((fn(moe, h) - ref).abs().max())
@@ -280,6 +314,35 @@ def stage_breakdown(moe: MoEFeedForward, h: Tensor, timer: Timer, reps: int = 7)
     return {k: statistics.median(v[2:]) for k, v in per.items()}
 
 
+def gemm_only(moe: MoEFeedForward, stacked, h: Tensor, timer: Timer) -> Dict[str, float]:
+    """The expert FFNs alone on already-grouped tokens (ms): per-expert nn.Linear loop vs
+    torch._grouped_mm (without and with the per-row bias gather it needs)."""
+    w1t, b1, w2t, b2 = stacked
+    with torch.no_grad():
+        expert_ids, _, _ = moe.router(h)
+        token_index, slot_order, counts = dispatch_plan(expert_ids, moe.n_experts)
+        x = h.index_select(0, token_index)
+        chunks = x.split(counts)
+        offs = torch.tensor(counts, device=h.device).cumsum(0).to(torch.int32)
+        sorted_e = expert_ids.reshape(-1).index_select(0, slot_order)
+
+        def loop():
+            return [ex(chunks[e]) for e, ex in enumerate(moe.experts) if counts[e] > 0]
+
+        def grouped_nobias():
+            return torch._grouped_mm(F.gelu(torch._grouped_mm(x, w1t, offs=offs)), w2t, offs=offs)
+
+        def grouped_bias():
+            hid = F.gelu(torch._grouped_mm(x, w1t, offs=offs) + b1.index_select(0, sorted_e))
+            return torch._grouped_mm(hid, w2t, offs=offs) + b2.index_select(0, sorted_e)
+
+        res = {"tokens": h.shape[0], "loop_linear": timer.time(loop, 2, 10, 0.1)["ms"]}
+        if hasattr(torch, "_grouped_mm"):
+            res["grouped_mm_no_bias"] = timer.time(grouped_nobias, 2, 10, 0.1)["ms"]
+            res["grouped_mm_with_bias_gather"] = timer.time(grouped_bias, 2, 10, 0.1)["ms"]
+    return res
+
+
 def run(args) -> dict:
     smoke = args.smoke
     device = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
@@ -290,7 +353,7 @@ def run(args) -> dict:
     if args.configs:
         configs = {k: v for k, v in configs.items() if k in args.configs.split(",")}
     tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else (
-        [256, 1024] if smoke else [1024, 4096, 16384, 65536, 262144])
+        [128, 512] if smoke else [1024, 4096, 16384, 65536, 262144])
     do_compile = device.type == "cuda" and not args.no_compile
     info = env_info(device)
     print(f"# env: {json.dumps(info)}", flush=True)
@@ -298,7 +361,7 @@ def run(args) -> dict:
             "smoke": smoke, "dtype": "bfloat16",
             "configs": {k: {"d_model": c.d_model, "d_ff": c.d_ff, "n_experts": c.n_experts,
                             "top_k": c.top_k} for k, c in configs.items()},
-            "tokens": tokens, "results": [], "fp32_check": [], "breakdown": {}, "compile": {},
+            "tokens": tokens, "results": [], "fp32_check": [], "breakdown": {}, "gemm_only": {}, "compile": {},
             "skipped": []}
     warmup = 2 if smoke else 3
     max_reps = 5 if smoke else 40
@@ -310,7 +373,7 @@ def run(args) -> dict:
 
     for cname, cfg in configs.items():
         data["fp32_check"] += [dict(r, config=cname) for r in
-                               fp32_checks(cfg, device, 512 if smoke else 8192)]
+                               fp32_checks(cfg, device, 256 if smoke else 8192)]
         for r in data["fp32_check"]:
             if r["config"] == cname:
                 print(f"# fp32 check {cname}: {r}", flush=True)
@@ -327,6 +390,8 @@ def run(args) -> dict:
         return {
             "sparse_sort": lambda h: sparse_sort(moe, h),
             "sparse_sort_copy": lambda h: sparse_sort_copy(moe, h),
+            "sparse_sort_gather": lambda h: sparse_sort_gather(moe, h),
+            "sparse_sort_gather_bmm": lambda h: sparse_sort_gather(moe, h, True),
             "mask_loop": lambda h: mask_loop(moe, h),
             "dense": lambda h: dense(h),
             "grouped_mm": lambda h: grouped_mm(moe, h),
@@ -371,6 +436,8 @@ def run(args) -> dict:
             with torch.no_grad():
                 ref = sparse_sort(models[cname][1], h)
             for name, fn in fns(cname).items():
+                if args.variants and name not in args.variants.split(",") + ["sparse_sort", "dense"]:
+                    continue
                 if name == "grouped_mm_prestacked" and not hasattr(torch, "_grouped_mm"):
                     continue
                 if name.startswith("grouped") and not hasattr(torch, "_grouped_mm"):
@@ -384,6 +451,8 @@ def run(args) -> dict:
             with torch.no_grad():
                 data["breakdown"][cname] = dict(stage_breakdown(models[cname][1], h, timer), tokens=n)
             print(f"# breakdown {cname} @ {n}: {data['breakdown'][cname]}", flush=True)
+            data["gemm_only"][cname] = gemm_only(models[cname][1], models[cname][3], h, timer)
+            print(f"# gemm only {cname} @ {n}: {data['gemm_only'][cname]}", flush=True)
             del h
             torch.cuda.empty_cache()
 
@@ -398,6 +467,8 @@ def run(args) -> dict:
                 "compiled_sparse_sort": torch.compile(moe, dynamic=True),
             }
             for name, cfn in compiled.items():
+                if args.variants and name not in args.variants.split(","):
+                    continue
                 if name == "compiled_grouped_mm" and not hasattr(torch, "_grouped_mm"):
                     continue
                 fn = (lambda h, _f=cfn: _f(h)[0]) if name == "compiled_sparse_sort" else cfn
@@ -502,6 +573,17 @@ def render_markdown(data: dict) -> str:
                           "|---|---:|" + "---:|" * len(keys)]
             lines.append(f"| {cname} | {b['tokens']:,} | " + " | ".join(f"{b[k]:.3f}" for k in keys) + " |")
         lines.append("")
+    if data.get("gemm_only"):
+        lines += ["### The expert FFNs alone, on tokens already grouped by expert (ms)", ""]
+        keys = ["loop_linear", "grouped_mm_no_bias", "grouped_mm_with_bias_gather"]
+        lines += ["| config | tokens | dense FFN | " + " | ".join(keys) + " |",
+                  "|---|---:|---:|" + "---:|" * len(keys)]
+        for cname, g in data["gemm_only"].items():
+            dn = next((r["ms"] for r in data["results"] if r["config"] == cname
+                       and r["tokens"] == g["tokens"] and r["variant"] == "dense" and "ms" in r), math.nan)
+            lines.append(f"| {cname} | {g['tokens']:,} | {dn:.3f} | "
+                         + " | ".join(f"{g[k]:.3f}" if k in g else "" for k in keys) + " |")
+        lines.append("")
     if data.get("fp32_check"):
         lines += ["### fp32 exactness vs `sparse_sort` (tf32 off)", "",
                   "| config | tokens | variant | max abs diff | <= 1e-5 |", "|---|---:|---|---:|---|"]
@@ -567,6 +649,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "build/bench"), help="output folder")
     ap.add_argument("--tokens", default="", help="comma-separated token counts")
     ap.add_argument("--configs", default="", help="comma-separated config names (default: all)")
+    ap.add_argument("--variants", default="", help="comma-separated variants (default: all)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting new work after this")
     ap.add_argument("--rel-tol", type=float, default=1e-2, help="bf16 check: relative L2 error")
