@@ -133,7 +133,8 @@ def build_request(protocol_module, texts: Sequence[str], routing: bool) -> dict:
             "parameters": {"expert_tokens": True} if routing else None}
 
 
-def parse_result(result, texts: Sequence[str], labels: Sequence[str], routing: bool) -> list[Prediction]:
+def parse_result(result, texts: Sequence[str], labels: Sequence[str],
+                 routing: bool) -> list[Prediction]:
     probs = result.as_numpy("PROBS")
     ids = result.as_numpy("LABEL_ID").reshape(-1)
     names = result.as_numpy("LABEL").reshape(-1)
@@ -188,7 +189,8 @@ def map_error(exc: BaseException, where: str, offset: int = 0) -> MoEClientError
             return RequestTimeout(f"no answer from {where} in time: {msg}")
         if "UNAVAILABLE" in status:
             return ServerUnreachable(f"cannot reach {where}: {msg}")
-        if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in msg or "not ready" in msg:
+        if (status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in msg
+                or "not ready" in msg):
             return ModelNotReady(msg)
         if status in ("400", "StatusCode.INVALID_ARGUMENT"):
             note = f" (TEXT[i] is texts[{offset} + i])" if offset else ""
@@ -232,7 +234,8 @@ class ClientBase:
     def _where(self) -> str:
         return f"{self.protocol} server at {self.url}"
 
-    def _error(self, exc: BaseException, attempt: int, offset: int = 0) -> tuple[MoEClientError | None, bool]:
+    def _error(self, exc: BaseException, attempt: int,
+               offset: int = 0) -> tuple[MoEClientError | None, bool]:
         """(the error to raise, whether to retry instead)."""
         error = map_error(exc, self._where, offset)
         if isinstance(error, ServerUnreachable):

@@ -33,8 +33,8 @@ class AsyncMoEClient(ClientBase):
         labels = await self._class_names()
 
         async def send(offset, part):
-            result = await self._call("infer", spec.name,
-                                      **build_request(self._module, part, return_routing), offset=offset)
+            request = build_request(self._module, part, return_routing)
+            result = await self._call("infer", spec.name, **request, offset=offset)
             return parse_result(result, part, labels, return_routing)
 
         parts = await asyncio.gather(*(send(o, p) for o, p in chunks(texts, spec.max_batch_size)))
@@ -44,15 +44,17 @@ class AsyncMoEClient(ClientBase):
     async def ready(self, workflow: str | None = None) -> bool:
         """Whether the server and the workflow's model are ready (False when unreachable)."""
         try:
+            name = model_name(workflow or self.workflow)
             return bool(await self._call("is_server_ready")
-                        and await self._call("is_model_ready", model_name(workflow or self.workflow)))
+                        and await self._call("is_model_ready", name))
         except (ServerUnreachable, RequestTimeout):
             return False
 
     async def models(self) -> list[ModelInfo]:
         """Every model of the server's repository index: name, version, state. `moe serve`
         keeps the index for admins: make the client with admin_key= (else AccessDenied)."""
-        return parse_index(await self._call("get_model_repository_index", **self._json, **self._admin))
+        index = await self._call("get_model_repository_index", **self._json, **self._admin)
+        return parse_index(index)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -68,12 +70,14 @@ class AsyncMoEClient(ClientBase):
     async def _spec(self, workflow: str) -> ModelSpec:
         name = model_name(workflow)
         if name not in self._specs:
-            self._specs[name] = parse_spec(name, await self._call("get_model_config", name, **self._json))
+            config = await self._call("get_model_config", name, **self._json)
+            self._specs[name] = parse_spec(name, config)
         return self._specs[name]
 
     async def _class_names(self) -> list[str]:
         if self._labels is None:
-            self._labels = parse_labels(await self._call("get_model_config", LABELS_MODEL, **self._json))
+            config = await self._call("get_model_config", LABELS_MODEL, **self._json)
+            self._labels = parse_labels(config)
         return self._labels
 
     def _connection(self):
@@ -90,7 +94,8 @@ class AsyncMoEClient(ClientBase):
         """A tritonclient call with its errors mapped; unreachable servers are retried."""
         for attempt in range(self.retries + 1):
             try:
-                return await getattr(self._connection(), method)(*args, **kwargs, **self._call_kwargs)
+                call = getattr(self._connection(), method)
+                return await call(*args, **kwargs, **self._call_kwargs)
             except Exception as e:
                 error, retry = self._error(e, attempt, offset)
                 if error is None:

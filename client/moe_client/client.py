@@ -40,16 +40,16 @@ class MoEClient(ClientBase):
         labels = self._class_names()
         predictions = []
         for offset, part in chunks(texts, spec.max_batch_size):
-            result = self._call("infer", spec.name, **build_request(self._module, part, return_routing),
-                                offset=offset)
+            request = build_request(self._module, part, return_routing)
+            result = self._call("infer", spec.name, **request, offset=offset)
             predictions += parse_result(result, part, labels, return_routing)
         return predictions[0] if single else predictions
 
     def ready(self, workflow: str | None = None) -> bool:
         """Whether the server and the workflow's model are ready (False when unreachable)."""
         try:
-            return bool(self._call("is_server_ready")
-                        and self._call("is_model_ready", model_name(workflow or self.workflow)))
+            name = model_name(workflow or self.workflow)
+            return bool(self._call("is_server_ready") and self._call("is_model_ready", name))
         except (ServerUnreachable, RequestTimeout):
             return False
 
