@@ -166,7 +166,7 @@ def grouped_core(router: nn.Module, n_experts: int, h: Tensor, w1t: Tensor, b1: 
     hid = torch._grouped_mm(x, w1t, offs=offs)
     hid = F.gelu(hid + b1.index_select(0, sorted_e))
     y = torch._grouped_mm(hid, w2t, offs=offs) + b2.index_select(0, sorted_e)
-    return combine(y, weights, token_index, slot_order, h.shape[0])
+    return combine(y, weights, slot_order)
 
 
 def grouped_mm(moe: MoEFeedForward, h: Tensor) -> Tensor:
@@ -306,7 +306,7 @@ def stage_breakdown(moe: MoEFeedForward, h: Tensor, timer: Timer, reps: int = 7)
         ev[4].record()
         y = torch.cat(outputs)
         ev[5].record()
-        combine(y, weights, token_index, slot_order, h.shape[0])
+        combine(y, weights, slot_order)
         ev[6].record()
         ev[6].synchronize()
         for i, k in enumerate(names):

@@ -107,7 +107,7 @@ class MoEFeedForward(nn.Module):
         outputs: List[Tensor] = []
         for e, expert in enumerate(self.experts):
             outputs.append(expert(chunks[e]) if counts[e] > 0 else chunks[e])
-        update = combine(torch.cat(outputs), weights, token_index, slot_order, h.shape[0])
+        update = combine(torch.cat(outputs), weights, slot_order)
         return update, expert_ids, logits
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -122,6 +123,11 @@ class TritonServer:
 
     def __init__(self, opts: ServerOptions):
         self.opts = opts
+        # Opens the restricted APIs; known to this process (for stub recovery), never logged.
+        self.admin_key = opts.admin_key or secrets.token_urlsafe(32)
+        self.restarts: list[str] = []          # models reloaded after their stub died
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.workdir = Path(tempfile.mkdtemp(prefix="moe-triton-"))
         self.log_path = self.workdir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
@@ -158,8 +164,7 @@ class TritonServer:
         return [f"--model-repository={view}"]
 
     def restricted_api_args(self) -> list[str]:
-        key = self.opts.admin_key or secrets.token_urlsafe(32)
-        rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={key}"
+        rule = f"{','.join(RESTRICTED_APIS)}:{ADMIN_HEADER}={self.admin_key}"
         return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
     def command(self) -> list[str]:
@@ -172,7 +177,11 @@ class TritonServer:
             f"--http-address={o.host}", f"--http-port={o.http_port}",
             f"--grpc-address={o.host}", f"--grpc-port={o.grpc_port}",
             f"--metrics-address={o.host}", f"--metrics-port={o.metrics_port}",
-            "--model-control-mode=none",        # no loading/unloading through the API
+            # Explicit mode only so that this process can reload a model whose stub died; the
+            # load/unload endpoints sit behind the admin header like the rest of the
+            # repository API, so for everyone else model control stays closed.
+            "--model-control-mode=explicit", "--load-model=*",
+            "--exit-timeout-secs=5",
             "--strict-readiness=true", "--exit-on-error=true",
             "--disable-auto-complete-config",   # serve the configs exactly as exported
             f"--log-verbose={o.log_verbose}",
@@ -188,14 +197,63 @@ class TritonServer:
                                         env=env, start_new_session=True)
         log.close()
         self.wait_ready(timeout)
+        self._supervisor = threading.Thread(target=self._supervise, name="stub-supervisor", daemon=True)
+        self._supervisor.start()
         return self
+
+    def stubs(self) -> dict[str, int]:
+        """Model name -> pid of its Python backend stub (one instance per model here)."""
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"triton_python_backend_stub") and str(self.workdir).encode() in args[0]:
+                found[Path(args[1].decode()).parent.parent.name] = int(proc.name)
+        return found
+
+    def _repository_call(self, model: str, action: str) -> None:
+        request = urllib.request.Request(
+            f"http://{self.http_url}/v2/repository/models/{model}/{action}", data=b"{}", method="POST",
+            headers={ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as r:
+            r.read()
+
+    def reload(self, model: str) -> None:
+        # A load of an unchanged, loaded model is a no-op in Triton: unload it first.
+        self._repository_call(model, "unload")
+        self._repository_call(model, "load")
+
+    def _supervise(self, interval: float = 0.5) -> None:
+        """Triton's Python backend does not restart a stub that died (OOM kill, crash): its
+        model answers every request with "Stub process ... is not healthy". Reload such a model."""
+        known = self.stubs()
+        while not self._stopping.wait(interval):
+            if self.process.poll() is not None:
+                return
+            alive = self.stubs()
+            for model in sorted(set(known) - set(alive)):
+                if self._stopping.is_set():
+                    return
+                try:
+                    self.reload(model)
+                    self.restarts.append(model)
+                except OSError:
+                    continue                  # retried at the next pass
+            known = self.stubs()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def error_summary(self) -> str:
-        lines = [l for l in self.log_text().splitlines() if l[:1] == "E" or "error" in l.lower()]
-        return "\n".join(lines[-12:]) or self.log_text()[-2000:]
+        # CUDA/NVML/DCGM complaints are expected on a machine without a GPU: not the cause.
+        noise = ("CUDA", "NVML", "DCGM", "CudaDriverHelper", "pb_stub.cc")
+        lines = [l for l in self.log_text().splitlines()
+                 if (l[:1] == "E" or "error" in l.lower()) and not any(n in l for n in noise)]
+        return "\n".join(lines[-8:]) or self.log_text()[-2000:]
 
     def ready(self) -> bool:
         try:
@@ -217,6 +275,9 @@ class TritonServer:
         raise MoEError(f"tritonserver was not ready after {timeout:.0f}s:\n{self.error_summary()}")
 
     def stop(self, timeout: float = 30.0) -> int | None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=130)
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:

@@ -44,6 +44,13 @@ def to_torch(tensor: "pb_utils.Tensor") -> torch.Tensor:
     return from_dlpack(tensor.to_dlpack())
 
 
+def error_responses(n: int, message: str, code=None):
+    # One TritonError per response: responses sharing an error object crash tritonserver 2.51.
+    code = pb_utils.TritonError.INTERNAL if code is None else code
+    return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+            for _ in range(n)]
+
+
 def wants_expert_tokens(request) -> bool:
     """EXPERT_TOKENS is computed only for requests with the parameter expert_tokens=true.
 
@@ -139,7 +146,10 @@ class TritonPythonModel:
         request = pb_utils.InferenceRequest(
             model_name=model, requested_output_names=outputs,
             inputs=[to_triton(f"INPUT__{i}", t) for i, t in enumerate(inputs)])
-        response = await request.async_exec()
+        try:
+            response = await request.async_exec()
+        except Exception as e:  # noqa: BLE001 - e.g. the model's stub died mid-request
+            raise StepFailed(f"{model}: {e}") from None
         if response.has_error():
             raise StepFailed(f"{model}: {response.error().message()}")
         return [to_torch(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
@@ -184,7 +194,7 @@ class TritonPythonModel:
             outputs = list(chunks)             # idle experts contribute their empty chunk
             for e, (out,) in zip(busy, results):
                 outputs[e] = out
-            update = routing.combine(torch.cat(outputs), weights, token_index, slot_order, h_real.shape[0])
+            update = routing.combine(torch.cat(outputs), weights, slot_order)
             x = routing.add_to_real_tokens(x, real, update)
             for e in busy:
                 self.token_metrics[l][e].increment(per_expert[e])
@@ -212,8 +222,9 @@ class TritonPythonModel:
         try:
             logits, counts = await self.forward(ids, mask, any(wants_counts), times)
         except StepFailed as e:
-            error = pb_utils.TritonError(f"moe_bls: {e}", pb_utils.TritonError.UNAVAILABLE)
-            return [pb_utils.InferenceResponse(output_tensors=[], error=error) for _ in requests]
+            return error_responses(len(requests), f"moe_bls: {e}", pb_utils.TritonError.UNAVAILABLE)
+        except Exception as e:  # noqa: BLE001 - every request gets an answer, never a dropped batch
+            return error_responses(len(requests), f"moe_bls: {type(e).__name__}: {e}")
         responses, start = [], 0
         for n, wants in zip(sizes, wants_counts):
             outputs = [to_triton("LOGITS", logits[start:start + n])]
