@@ -1,0 +1,1 @@
+python3 -m moe.cli train --preset seed --data DATA --out d_base 

@@ -1,0 +1,1 @@
+python3 -m moe.cli train --preset small --data DATA --out s_base --save-dtype float16

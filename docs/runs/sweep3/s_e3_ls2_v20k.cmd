@@ -1,0 +1,1 @@
+python3 -m moe.cli train --preset small --data DATA --out s_e3_ls2_v20k --save-dtype float16 --epochs 3 --label-smoothing 0.2 --set vocab_size=20000
