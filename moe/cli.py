@@ -133,14 +133,25 @@ def export_(checkpoint, out, device, gpus, backend, max_batch_size, threads):
 @click.option("--http-port", default=8000, show_default=True)
 @click.option("--grpc-port", default=8001, show_default=True)
 @click.option("--metrics-port", default=8002, show_default=True)
+@click.option("--only-experts", metavar="LIST",
+              help="serve only these expert models, e.g. 0-3 (an expert server for --experts-at)")
+@click.option("--experts-at", metavar="HOST:PORT[,HOST:PORT...]",
+              help="gRPC addresses of expert servers: v1 calls its experts there")
+@click.option("--admin-key", envvar="MOE_ADMIN_KEY",
+              help="value of the moe-admin-key header that opens the repository, logging, trace "
+                   "and shared-memory APIs (env MOE_ADMIN_KEY); without it they stay closed")
 @click.option("--classify", "sample_text", metavar="TEXT",
               help="once ready, classify TEXT with v1 and v2, print the answers and stop")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for readiness")
 @friendly_errors
-def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, sample_text, timeout):
+def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, only_experts, experts_at,
+          admin_key, sample_text, timeout):
     """Serve the model repository with the tritonserver of the nvidia-pytriton wheel."""
     import time
-    from .serve import DEFAULT_BUILD, ServerOptions, TritonServer
+    from .serve import DEFAULT_BUILD, ServerOptions, TritonServer, parse_expert_range
+    if only_experts and experts_at:
+        raise MoEError("--only-experts and --experts-at exclude each other: an expert server "
+                       "holds experts, a front server calls them")
     repository = repository or DEFAULT_BUILD
     if not repository.exists():
         if repository != DEFAULT_BUILD:
@@ -148,8 +159,15 @@ def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, samp
         click.echo(f"no repository at {repository} yet: exporting the checkpoint first")
         from export.repository import export_repository
         export_repository(checkpoint, repository, log=click.echo)
-    server = TritonServer(ServerOptions(repository=repository, host=host, http_port=http_port,
-                                        grpc_port=grpc_port, metrics_port=metrics_port))
+    models = None
+    if only_experts:
+        manifest = repository / "manifest.json"
+        n_experts = json.loads(manifest.read_text())["config"]["n_experts"] if manifest.is_file() else 8
+        models = [f"expert_{e}" for e in parse_expert_range(only_experts, n_experts)]
+    server = TritonServer(ServerOptions(
+        repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
+        metrics_port=metrics_port, models=models, admin_key=admin_key,
+        experts_at=[u.strip() for u in experts_at.split(",") if u.strip()] if experts_at else []))
     started = time.monotonic()
     click.echo(f"starting tritonserver on {repository} (log: {server.log_path})")
     try:
@@ -158,6 +176,8 @@ def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, samp
                    f"  HTTP     http://{server.http_url}  (KServe v2: /v2/models/moe_v2/infer)\n"
                    f"  gRPC     {server.grpc_url}\n"
                    f"  metrics  {server.metrics_url}")
+        if models:
+            click.echo(f"  serving  {', '.join(models)}")
         if sample_text is not None:
             from moe_client import MoEClient
             with MoEClient(server.http_url) as client:
@@ -215,6 +235,51 @@ def classify(texts, workflow, url, protocol, file, as_json, routing, timeout):
         if routing:
             row += "  " + " | ".join(" ".join(map(str, layer)) for layer in p.expert_tokens)
         click.echo(row)
+
+
+@main.command()
+@click.option("--url", help="gRPC address of a running server (default: start one on free ports)")
+@click.option("--repository", type=click.Path(path_type=Path), help="repository to serve (default: build/)")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="checkpoint whose eager labels every answer is checked against (default: bundled)")
+@click.option("--data", default=DEFAULT_DATA, show_default=True)
+@click.option("--requests", default=10000, show_default=True)
+@click.option("--concurrency", default=64, show_default=True)
+@click.option("--workflows", default="v1,v2", show_default=True)
+@click.option("--json-out", type=click.Path(path_type=Path), help="write the summary as JSON here")
+@friendly_errors
+def loadtest(url, repository, checkpoint, data, requests, concurrency, workflows, json_out):
+    """Closed-loop load of mixed workflows and batch sizes; every answer checked against eager."""
+    import asyncio
+    from tqdm.auto import tqdm
+    from .data import load_split
+    from .loadtest import eager_labels, run_load
+    texts = load_split(data, "test").texts
+    click.echo(f"eager reference labels for {len(texts)} test texts ...")
+    labels = eager_labels(checkpoint, texts)
+    server = None
+    if url is None:
+        from .serve import DEFAULT_BUILD, ServerOptions, TritonServer, free_port
+        server = TritonServer(ServerOptions(repository=repository or DEFAULT_BUILD,
+                                            http_port=free_port(), grpc_port=free_port(),
+                                            metrics_port=free_port())).start()
+        url = server.grpc_url
+    try:
+        with tqdm(total=requests, desc=f"load x{concurrency}", unit="req") as bar:
+            result = asyncio.run(run_load(url, texts, labels, requests, concurrency,
+                                          workflows=tuple(f"moe_{w.strip()}" for w in workflows.split(",")),
+                                          progress=bar.update))
+    finally:
+        if server is not None:
+            server.stop()
+            server.cleanup()
+    summary = {"url": url, "concurrency": concurrency, **result.summary()}
+    click.echo(json.dumps(summary, indent=2))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2) + "\n")
+    if summary["errors"] or summary["wrong_answers"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

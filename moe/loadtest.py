@@ -16,12 +16,14 @@ class LoadResult:
     texts: int = 0
     errors: dict = field(default_factory=dict)        # message -> count
     wrong: int = 0                                    # answers that differ from the eager label
-    latencies_ms: list = field(default_factory=list)
+    latencies_ms: list = field(default_factory=list)        # answered requests
+    error_latencies_ms: list = field(default_factory=list)  # rejected/failed requests
     seconds: float = 0.0
 
     def summary(self) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.zeros(1)
-        return dict(requests=self.requests, texts=self.texts, errors=sum(self.errors.values()),
+        rejected = np.array(self.error_latencies_ms) if self.error_latencies_ms else np.zeros(1)
+        return dict(error_p99_ms=round(float(np.percentile(rejected, 99)), 2),requests=self.requests, texts=self.texts, errors=sum(self.errors.values()),
                     error_messages=self.errors, wrong_answers=self.wrong, seconds=round(self.seconds, 2),
                     texts_per_second=round(self.texts / max(self.seconds, 1e-9), 1),
                     p50_ms=round(float(np.percentile(lat, 50)), 2),
@@ -60,6 +62,7 @@ async def run_load(url: str, texts: list[str], labels: list[str], requests: int,
                 result.wrong += sum(g != labels[i] for g, i in zip(got, rows)) + abs(len(got) - len(rows))
                 result.latencies_ms.append((time.perf_counter() - start) * 1e3)
             except Exception as e:  # noqa: BLE001 - counted and reported, never swallowed
+                result.error_latencies_ms.append((time.perf_counter() - start) * 1e3)
                 key = str(e).splitlines()[0][:200]
                 result.errors[key] = result.errors.get(key, 0) + 1
             result.requests += 1

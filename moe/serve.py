@@ -69,6 +69,14 @@ def server_env() -> dict:
     return env
 
 
+def free_port() -> int:
+    """A TCP port that is free on loopback now (for tests, benchmarks and load runs)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def repositories(root: Path) -> list[Path]:
     """`root` is an export folder (model_repository/ + ensemble/) or a plain model repository."""
     root = Path(root)
