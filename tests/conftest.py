@@ -4,6 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+# Two cores shared with tritonserver's processes: OpenMP threads spinning against each other
+# slow in-process training by 10x or more, so the test process uses one.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MOE_DATA", ROOT.parent / "shared" / "data" / "ag_news"))
