@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	@v=$$($(BIN)/python -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
 	  ldconfig -p | grep -q "libpython$$v.so.1.0" || \
 	  (apt-get update -qq && apt-get install -y -qq "libpython$$v" >/dev/null)
+	@# Debian's docker-compose validates docker-compose.yml in the tests (no Docker engine here).
+	@command -v docker-compose >/dev/null || \
+	  (apt-get update -qq && apt-get install -y -qq docker-compose >/dev/null)
 	touch $@
 
 demo: setup

@@ -140,12 +140,16 @@ def export_(checkpoint, out, device, gpus, backend, max_batch_size, threads):
 @click.option("--admin-key", envvar="MOE_ADMIN_KEY",
               help="value of the moe-admin-key header that opens the repository, logging, trace "
                    "and shared-memory APIs (env MOE_ADMIN_KEY); without it they stay closed")
+@click.option("--tritonserver", type=click.Path(path_type=Path), envvar="MOE_TRITONSERVER",
+              help="another tritonserver binary (env MOE_TRITONSERVER; default: the nvidia-pytriton wheel's)")
+@click.option("--backend-directory", type=click.Path(path_type=Path), envvar="MOE_BACKEND_DIRECTORY",
+              help="its backends (env MOE_BACKEND_DIRECTORY), e.g. /opt/tritonserver/backends")
 @click.option("--classify", "sample_text", metavar="TEXT",
               help="once ready, classify TEXT with v1 and v2, print the answers and stop")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to wait for readiness")
 @friendly_errors
 def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, only_experts, experts_at,
-          admin_key, sample_text, timeout):
+          admin_key, tritonserver, backend_directory, sample_text, timeout):
     """Serve the model repository with the tritonserver of the nvidia-pytriton wheel."""
     import time
     from .serve import DEFAULT_BUILD, ServerOptions, TritonServer, parse_expert_range
@@ -167,6 +171,7 @@ def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, only
     server = TritonServer(ServerOptions(
         repository=repository, host=host, http_port=http_port, grpc_port=grpc_port,
         metrics_port=metrics_port, models=models, admin_key=admin_key,
+        tritonserver=tritonserver, backend_directory=backend_directory,
         experts_at=[u.strip() for u in experts_at.split(",") if u.strip()] if experts_at else []))
     started = time.monotonic()
     click.echo(f"starting tritonserver on {repository} (log: {server.log_path})")
@@ -280,6 +285,55 @@ def loadtest(url, repository, checkpoint, data, requests, concurrency, workflows
         json_out.write_text(json.dumps(summary, indent=2) + "\n")
     if summary["errors"] or summary["wrong_answers"]:
         sys.exit(1)
+
+
+def int_list(value: str) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected comma-separated integers, e.g. 1,4,16") from None
+
+
+@main.command()
+@click.option("--url", help="host:port of a running server (default: export the checkpoint and "
+                            "start one on free ports, which also measures cold start and memory)")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option("--workflows", default="v1,v2", show_default=True)
+@click.option("--concurrency", default="1,4,16,64", show_default=True,
+              help="closed-loop concurrency levels (workers each with one request in flight)")
+@click.option("--requests", default=300, show_default=True, help="timed requests per level")
+@click.option("--batch-size", default=1, show_default=True, help="texts per request and per eager batch")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="model of the in-process baseline and of the export (default: bundled)")
+@click.option("--data", default=DEFAULT_DATA, show_default=True, help="AG News folder (test.csv texts)")
+@click.option("--out", type=click.Path(path_type=Path), help="results folder (default: build/bench/)")
+@click.option("--repository", type=click.Path(path_type=Path),
+              help="serve this exported repository instead of exporting the checkpoint")
+@click.option("--metrics-url", help="with --url: Prometheus endpoint (default http://HOST:8002/metrics)")
+@click.option("--threads", default=1, show_default=True, help="export: intra-op threads per v1 piece")
+@click.option("--full-model-threads", default=2, show_default=True, help="export: threads of v2's model")
+@click.option("--queue-delay-us", default=0, show_default=True, help="export: dynamic batcher delay")
+@click.option("--max-batch-size", default=64, show_default=True, help="export: max batch size")
+@click.option("--no-plots", is_flag=True)
+@friendly_errors
+def bench(url, protocol, workflows, concurrency, requests, batch_size, checkpoint, data, out,
+          repository, metrics_url, threads, full_model_threads, queue_delay_us, max_batch_size, no_plots):
+    """Served throughput and latency of v1 and v2 against the in-process eager model."""
+    import shlex
+    from .bench import DEFAULT_OUT, BenchOptions, run_bench
+    opts = BenchOptions(url=url, protocol=protocol,
+                        workflows=[w.strip() for w in workflows.split(",") if w.strip()],
+                        concurrency=int_list(concurrency), requests=requests, batch_size=batch_size,
+                        checkpoint=checkpoint, data=Path(data), out=out or DEFAULT_OUT,
+                        repository=repository, metrics_url=metrics_url, threads=threads,
+                        full_model_threads=full_model_threads, queue_delay_us=queue_delay_us,
+                        max_batch_size=max_batch_size, plots=not no_plots)
+    args = sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else []
+    command = " ".join(["moe bench", *map(shlex.quote, args)])
+    result = run_bench(opts, log=click.echo, command=command)
+    out = Path(opts.out)
+    click.echo((out / "bench.md").read_text())
+    click.echo(f"results in {out}: {', '.join(result.get('files', []))}")
 
 
 if __name__ == "__main__":

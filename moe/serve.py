@@ -56,10 +56,11 @@ def prepare_backends(folder: Path) -> Path:
     return folder
 
 
-def server_env() -> dict:
-    _, libs = triton_dist()
+def server_env(bundled: bool = True) -> dict:
     env = os.environ.copy()
-    env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH"), str(libs)) if p)
+    if bundled:
+        _, libs = triton_dist()
+        env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH"), str(libs)) if p)
     # The stub embeds the system libpython: point it at this environment's packages.
     paths = [sysconfig.get_paths()["purelib"], *site.getsitepackages(), str(SOURCE_ROOT)]
     env["PYTHONPATH"] = ":".join(dict.fromkeys(p for p in (*paths, env.get("PYTHONPATH")) if p))
@@ -108,6 +109,10 @@ def parse_expert_range(spec: str, n_experts: int = 8) -> list[int]:
     return sorted(experts)
 
 
+def _env_path(name: str) -> Path | None:
+    return Path(os.environ[name]) if os.environ.get(name) else None
+
+
 @dataclass
 class ServerOptions:
     repository: Path = DEFAULT_BUILD
@@ -121,6 +126,10 @@ class ServerOptions:
     experts_at: list[str] = field(default_factory=list)
     # Header value that opens the restricted APIs; None: a random one, so they stay closed.
     admin_key: str | None = None
+    # Another tritonserver and its backends (NVIDIA's container: /opt/tritonserver/...);
+    # default: the binary of the nvidia-pytriton wheel and a backend folder made from it.
+    tritonserver: Path | None = field(default_factory=lambda: _env_path("MOE_TRITONSERVER"))
+    backend_directory: Path | None = field(default_factory=lambda: _env_path("MOE_BACKEND_DIRECTORY"))
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
 
@@ -176,11 +185,12 @@ class TritonServer:
         return [f"--http-restricted-api={rule}", f"--grpc-restricted-protocol={rule}"]
 
     def command(self) -> list[str]:
-        dist, _ = triton_dist()
         o = self.opts
-        cmd = [str(dist / "bin" / "tritonserver"), *self.repository_args(), *self.restricted_api_args()]
+        binary = o.tritonserver or triton_dist()[0] / "bin" / "tritonserver"
+        backends = o.backend_directory or prepare_backends(self.workdir / "backends")
+        cmd = [str(binary), *self.repository_args(), *self.restricted_api_args()]
         cmd += [
-            f"--backend-directory={prepare_backends(self.workdir / 'backends')}",
+            f"--backend-directory={backends}",
             f"--cache-directory={self.workdir / 'cache'}",
             f"--http-address={o.host}", f"--http-port={o.http_port}",
             f"--grpc-address={o.host}", f"--grpc-port={o.grpc_port}",
@@ -198,7 +208,7 @@ class TritonServer:
 
     def start(self, timeout: float = 180.0) -> "TritonServer":
         log = open(self.log_path, "wb")
-        env = server_env()
+        env = server_env(bundled=self.opts.tritonserver is None)
         if self.opts.experts_at:
             env["MOE_REMOTE_EXPERTS"] = ",".join(self.opts.experts_at)
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -216,10 +226,11 @@ class TritonServer:
             if not proc.name.isdigit():
                 continue
             try:
+                parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
                 args = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+            except (OSError, IndexError, ValueError):
                 continue
-            if args and args[0].endswith(b"triton_python_backend_stub") and str(self.workdir).encode() in args[0]:
+            if parent == self.process.pid and args[0].endswith(b"triton_python_backend_stub"):
                 found[Path(args[1].decode()).parent.parent.name] = int(proc.name)
         return found
 

@@ -41,7 +41,10 @@ def to_torch(tensor: "pb_utils.Tensor") -> torch.Tensor:
         array = tensor.as_numpy()          # a view, no copy
         if array.dtype == bool:
             return torch.from_numpy(array.copy())
-    return from_dlpack(tensor.to_dlpack())
+        return from_dlpack(tensor.to_dlpack())
+    # Experts on several GPUs (`moe export --device cuda`) answer on their own devices; the
+    # orchestration (gather, combine) runs on the CPU, where this model's instance lives.
+    return from_dlpack(tensor.to_dlpack()).cpu()
 
 
 def error_responses(n: int, message: str, code=None):
