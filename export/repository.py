@@ -107,6 +107,15 @@ def check_parity(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptMo
     return worst
 
 
+def is_current(out: Path, checkpoint: Path | None) -> bool:
+    """Whether `out` holds an export of these very weights (serve re-exports otherwise)."""
+    from moe.checkpoint import resolve
+    manifest = Path(out) / "manifest.json"
+    if not manifest.is_file():
+        return False
+    return json.loads(manifest.read_text()).get("weights_sha256") == sha256(resolve(checkpoint) / WEIGHTS)
+
+
 def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
                       opts: ExportOptions = ExportOptions(), progress: bool = True, log=print) -> Path:
     if opts.device not in ("cpu", "cuda"):

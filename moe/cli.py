@@ -157,12 +157,13 @@ def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, only
         raise MoEError("--only-experts and --experts-at exclude each other: an expert server "
                        "holds experts, a front server calls them")
     repository = repository or DEFAULT_BUILD
-    if not repository.exists():
-        if repository != DEFAULT_BUILD:
-            raise MoEError(f"model repository not found: {repository} (run `moe export`)")
-        click.echo(f"no repository at {repository} yet: exporting the checkpoint first")
-        from export.repository import export_repository
-        export_repository(checkpoint, repository, log=click.echo)
+    if repository == DEFAULT_BUILD:
+        from export.repository import export_repository, is_current
+        if not is_current(repository, checkpoint):
+            click.echo(f"exporting the checkpoint to {repository} (missing or from other weights)")
+            export_repository(checkpoint, repository, log=click.echo)
+    elif not repository.exists():
+        raise MoEError(f"model repository not found: {repository} (run `moe export`)")
     models = None
     if only_experts:
         manifest = repository / "manifest.json"
