@@ -192,6 +192,14 @@ def serve(repository, checkpoint, host, http_port, grpc_port, metrics_port, only
                     click.echo(f"moe_{workflow}: {p.label} ({p.confidence:.3f})  <- {sample_text!r}")
             return
         click.echo("Ctrl-C to stop")
+        import signal
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt
+        # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C; so does SIGINT where a
+        # shell started us with it ignored.
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
         code = server.process.wait()
         raise MoEError(f"tritonserver exited with code {code}:\n{server.error_summary()}")
     except KeyboardInterrupt:
