@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import string
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import torch
 
 from moe.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
 from moe.errors import MoEError
+from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
 from .pieces import build_pieces, sample_inputs
@@ -139,8 +139,14 @@ def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
     log(f"parity: {len(scripted)} TorchScript models match eager within {TOLERANCE}")
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with replaced_folder(out) as tmp:
+        manifest = write_repository(tmp, model, ckpt, scripted, opts)
+    log(f"wrote {len(manifest['models'])} models and {len(manifest['ensembles'])} ensembles to {out}")
+    return out
+
+
+def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportOptions) -> dict:
+    cfg = model.cfg
     models, ensembles = tmp / "model_repository", tmp / "ensemble"
     experts = [f"expert_{e}" for e in range(cfg.n_experts)]
     values = dict(
@@ -184,11 +190,4 @@ def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
                     models=sorted(p.name for p in models.iterdir()),
                     ensembles=sorted(p.name for p in ensembles.iterdir()))
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    log(f"wrote {len(manifest['models'])} models and {len(manifest['ensembles'])} ensembles to {out}")
-    return out
+    return manifest

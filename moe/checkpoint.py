@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import MoEConfig
 from .errors import MoEError
+from .files import replaced_folder
 from .model import MoEClassifier
 
 WEIGHTS, CONFIG, TOKENIZER, METRICS = "model.safetensors", "config.json", "tokenizer.json", "metrics.json"
@@ -25,21 +25,12 @@ def save_checkpoint(out: Path, model: MoEClassifier, tokenizer_json: str, metric
                     dtype: torch.dtype = torch.float32) -> None:
     """Write the whole folder next to `out`, then swap it in: an interrupted save leaves the
     previous checkpoint intact."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    model.cfg.save(tmp / CONFIG)
-    (tmp / TOKENIZER).write_text(tokenizer_json)
-    write_metrics(tmp, metrics)
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    with replaced_folder(out) as tmp:
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        model.cfg.save(tmp / CONFIG)
+        (tmp / TOKENIZER).write_text(tokenizer_json)
+        write_metrics(tmp, metrics)
 
 
 def write_metrics(folder: Path, metrics: dict) -> None:

@@ -273,10 +273,10 @@ def loadtest(url, repository, checkpoint, data, requests, concurrency, workflows
     labels = eager_labels(checkpoint, texts)
     server = None
     if url is None:
-        from .serve import DEFAULT_BUILD, ServerOptions, TritonServer, free_port
-        server = TritonServer(ServerOptions(repository=repository or DEFAULT_BUILD,
-                                            http_port=free_port(), grpc_port=free_port(),
-                                            metrics_port=free_port())).start()
+        from .serve import DEFAULT_BUILD, ServerOptions, TritonServer, free_ports
+        http_port, grpc_port, metrics_port = free_ports(3)
+        server = TritonServer(ServerOptions(repository=repository or DEFAULT_BUILD, http_port=http_port,
+                                            grpc_port=grpc_port, metrics_port=metrics_port)).start()
         url = server.grpc_url
     try:
         with tqdm(total=requests, desc=f"load x{concurrency}", unit="req") as bar:

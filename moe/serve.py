@@ -70,12 +70,16 @@ def server_env(bundled: bool = True) -> dict:
     return env
 
 
-def free_port() -> int:
-    """A TCP port that is free on loopback now (for tests, benchmarks and load runs)."""
+def free_ports(n: int) -> list[int]:
+    """n distinct TCP ports free on loopback now (for tests, benchmarks and load runs)."""
     import socket
-    with socket.socket() as s:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
 
 
 def repositories(root: Path) -> list[Path]:

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from moe.serve import free_ports  # noqa: F401 - tests import it from here
+
 # Two cores shared with tritonserver's processes: OpenMP threads spinning against each other
 # slow in-process training by 10x or more, so the test process uses one.
 torch.set_num_threads(1)
@@ -35,17 +37,6 @@ def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
 def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "moe.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, **kw)
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="session")
