@@ -197,3 +197,15 @@ def test_server_reports_a_model_that_fails_to_load(tiny_repository, tmp_path):
     with pytest.raises(MoEError) as info:
         start_server(broken)
     assert "expert_3" in str(info.value)
+
+
+def test_moe_serve_exits_with_the_servers_error(tiny_repository, tmp_path):
+    from .conftest import free_ports, run_cli
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_repository, broken)
+    (broken / "model_repository" / "tokenizer" / "1" / "tokenizer.json").write_text("{not json")
+    http_port, grpc_port, metrics_port = free_ports(3)
+    result = run_cli("serve", "--repository", broken, "--http-port", http_port, "--grpc-port", grpc_port,
+                     "--metrics-port", metrics_port, timeout=300)
+    assert result.returncode == 2
+    assert "tokenizer" in result.stderr and "Traceback" not in result.stderr.split("error:")[0]
