@@ -399,7 +399,7 @@ def start_local_server(opts: BenchOptions, log):
     """Export (unless a repository is given), start tritonserver on free ports; returns
     (server, cold start seconds, repository)."""
     from export.repository import ExportOptions, export_repository
-    from .serve import ServerOptions, TritonServer
+    from .serve import ServerOptions, TritonServer, free_ports
     repository = opts.repository
     if repository is None:
         repository = Path(opts.out) / "repository"
@@ -414,17 +414,6 @@ def start_local_server(opts: BenchOptions, log):
     started = time.monotonic()
     server.start(timeout=300)
     return server, time.monotonic() - started, Path(repository)
-
-
-def free_ports(n: int) -> list[int]:
-    import socket
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def ratio(a, b):
