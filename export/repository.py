@@ -55,7 +55,7 @@ class ExportOptions:
     max_queue_size: int = 256         # per entry model; beyond it requests are rejected at once
     queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
     threads: int = 1                  # intra-op threads per TorchScript model instance
-    full_model_threads: int = 2
+    full_model_threads: int = 1       # 2 cores shared with the other processes: 1 measured best
 
 
 def sha256(path: Path) -> str:
@@ -76,9 +76,11 @@ def instance_group(opts: ExportOptions, gpu: int = 0) -> str:
     return "{ count: 1 kind: KIND_CPU }"
 
 
-def torch_parameters(threads: int) -> str:
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
-                     for k, v in (("INTRA_OP_THREAD_COUNT", threads), ("INTER_OP_THREAD_COUNT", 1)))
+def torch_parameters(threads: int, pad_ragged: bool = False) -> str:
+    params = [("INTRA_OP_THREAD_COUNT", threads), ("INTER_OP_THREAD_COUNT", 1)]
+    if pad_ragged:
+        params.append(("PAD_RAGGED", "true"))
+    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params)
 
 
 def fill(template: Path, values: dict) -> str:
@@ -156,7 +158,7 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         n_classes=cfg.n_classes, pad_id=cfg.pad_id, torchscript_backend=opts.backend,
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))), expert_models=",".join(experts),
         max_text_chars=cfg.max_len * 64, pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
-        instance_group=instance_group(opts), torch_parameters=torch_parameters(opts.threads))
+        instance_group=instance_group(opts), torch_parameters=torch_parameters(opts.threads), ragged="")
 
     def write_model(name: str, template_dir: Path, extra: dict | None = None) -> Path:
         folder = models / name
@@ -170,8 +172,11 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
 
     for name in ("embedding", "attention", "gating", "classifier"):
         write_model(name, MODEL_TEMPLATES / name)
+    # Our torchscript backend pads ragged batches; NVIDIA's libtorch backend cannot.
+    ragged = opts.backend == "torchscript"
     write_model("full_model", MODEL_TEMPLATES / "full_model",
-                dict(torch_parameters=torch_parameters(opts.full_model_threads)))
+                dict(torch_parameters=torch_parameters(opts.full_model_threads, pad_ragged=ragged),
+                     ragged="allow_ragged_batch: true" if ragged else ""))
     for e, name in enumerate(experts):
         write_model(name, MODEL_TEMPLATES / "expert",
                     dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))

@@ -68,7 +68,7 @@ class BenchOptions:
     progress: bool = True
     # Export options (only when the bench exports and starts its own server).
     threads: int = 1
-    full_model_threads: int = 2
+    full_model_threads: int = 1
     queue_delay_us: int = 0
     max_batch_size: int = 64
 

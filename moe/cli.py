@@ -320,7 +320,7 @@ def int_list(value: str) -> list[int]:
               help="serve this exported repository instead of exporting the checkpoint")
 @click.option("--metrics-url", help="with --url: Prometheus endpoint (default http://HOST:8002/metrics)")
 @click.option("--threads", default=1, show_default=True, help="export: intra-op threads per v1 piece")
-@click.option("--full-model-threads", default=2, show_default=True, help="export: threads of v2's model")
+@click.option("--full-model-threads", default=1, show_default=True, help="export: threads of v2's model")
 @click.option("--queue-delay-us", default=0, show_default=True, help="export: dynamic batcher delay")
 @click.option("--max-batch-size", default=64, show_default=True, help="export: max batch size")
 @click.option("--no-plots", is_flag=True)

@@ -41,6 +41,16 @@ class TritonPythonModel:
         self.inputs = _ordered(config["input"], "INPUT")
         self.outputs = _ordered(config["output"], "OUTPUT")
         self.batched = config.get("max_batch_size", 0) > 0
+        # With allow_ragged_batch, requests of different lengths arrive together: pad them with
+        # zeros along dim 1 (pad id 0, mask False: padding changes no result), run one batch.
+        self.pad_ragged = params.get("PAD_RAGGED", "false").lower() in ("1", "true")
+
+    def _join(self, column):
+        if self.pad_ragged and column[0].dim() > 1:
+            T = max(t.shape[1] for t in column)
+            column = [t if t.shape[1] == T else torch.nn.functional.pad(
+                t, (0, 0) * (t.dim() - 2) + (0, T - t.shape[1])) for t in column]
+        return torch.cat(column)
 
     def _run(self, inputs):
         with torch.inference_mode():
@@ -73,10 +83,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         inputs = [self._inputs(r) for r in requests]
-        # The dynamic batcher only groups requests of equal shapes: run them as one batch.
+        # Requests the dynamic batcher grouped run as one batch.
         if self.batched and len(requests) > 1:
             try:
-                outputs = self._run([torch.cat(column) for column in zip(*inputs)])
+                outputs = self._run([self._join(column) for column in zip(*inputs)])
                 responses, start = [], 0
                 for request_inputs in inputs:
                     n = request_inputs[0].shape[0]
