@@ -109,15 +109,28 @@ def test_overload_is_rejected_fast_and_clearly(tiny_checkpoint, tmp_path):
                 return result.as_numpy("LABEL")
             except InferenceServerException as e:
                 return e
-        with concurrent.futures.ThreadPoolExecutor(64) as pool:
-            outcomes = list(pool.map(one, [{}] * 96 + [{"timeout": 1}] * 32))
-        errors = [str(o) for o in outcomes if isinstance(o, InferenceServerException)]
-        answers = [o for o in outcomes if not isinstance(o, InferenceServerException)]
-        assert any("queue size" in e for e in errors), errors[:3]
-        assert any("timeout" in e.lower() for e in errors), errors[:3]
-        assert answers and all(set(a.reshape(-1)) <= LABELS for a in answers)
-        unexpected = [e for e in errors if "queue size" not in e and "timeout" not in e.lower()]
-        assert not unexpected, unexpected[:3]
+
+        def burst(n, **kwargs):
+            with concurrent.futures.ThreadPoolExecutor(n) as pool:
+                outcomes = list(pool.map(one, [kwargs] * n))
+            errors = [str(o) for o in outcomes if isinstance(o, InferenceServerException)]
+            answers = [o for o in outcomes if not isinstance(o, InferenceServerException)]
+            assert all(set(a.reshape(-1)) <= LABELS for a in answers)
+            return errors, answers
+
+        # A flood far past the queue's 2 places: rejected at once, the rest answered.
+        errors, answers = burst(96)
+        assert answers and any("queue size" in e for e in errors), errors[:3]
+        assert all("queue size" in e for e in errors), errors[:3]
+        # A per-request timeout of 1 us: requests that have to wait in the queue are rejected.
+        timeouts = []
+        for _ in range(20):
+            errors, _ = burst(3, timeout=1)
+            assert all("queue size" in e or "timeout" in e.lower() for e in errors), errors[:3]
+            timeouts += [e for e in errors if "timeout" in e.lower()]
+            if timeouts:
+                break
+        assert timeouts, "no request was rejected for its timeout"
         assert classify(client, "moe_v2", PROBE, module=grpcclient)["LABEL"].shape == (2, 1)
     finally:
         server.stop()
