@@ -111,15 +111,20 @@ def eval_(checkpoint, data, split, as_json, batch_size):
               show_default=True, help="pytorch = NVIDIA's libtorch backend (Triton container)")
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True, help="intra-op threads per piece")
+@click.option("--max-queue-size", type=int, default=256, show_default=True,
+              help="requests an entry model queues before it rejects new ones")
+@click.option("--queue-timeout-ms", type=int, default=10_000, show_default=True,
+              help="a request queued longer than this is rejected (clients may ask for less)")
 @friendly_errors
-def export_(checkpoint, out, device, gpus, backend, max_batch_size, threads):
+def export_(checkpoint, out, device, gpus, backend, max_batch_size, threads, max_queue_size, queue_timeout_ms):
     """Export CHECKPOINT (default: the bundled one) to a Triton model repository."""
     from export.repository import DEFAULT_OUT, ExportOptions, export_repository
     if gpus is None:
         import torch
         gpus = max(1, torch.cuda.device_count()) if device == "cuda" else 1
-    opts = ExportOptions(device=device, gpus=gpus, backend=backend,
-                         max_batch_size=max_batch_size, threads=threads)
+    opts = ExportOptions(device=device, gpus=gpus, backend=backend, max_batch_size=max_batch_size,
+                         threads=threads, max_queue_size=max_queue_size,
+                         queue_timeout_us=queue_timeout_ms * 1000)
     export_repository(checkpoint, out or DEFAULT_OUT, opts, log=click.echo)
 
 
