@@ -69,3 +69,12 @@ def test_checkpoint_from_another_config(tmp_path, tiny_checkpoint, data_dir):
 def test_not_a_checkpoint(tmp_path, data_dir):
     r = run_cli("eval", tmp_path, "--data", data_dir)
     assert_one_line_error(r, "not a checkpoint", "model.safetensors")
+
+
+def test_export_refuses_corrupt_weights(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    r = run_cli("export", bad, "--out", tmp_path / "out")
+    assert_one_line_error(r, "model.safetensors", "unreadable")
+    assert not (tmp_path / "out").exists()
