@@ -15,7 +15,6 @@ import json
 import os
 import time
 
-import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
 from torch.utils.dlpack import from_dlpack, to_dlpack
@@ -95,11 +94,12 @@ class RemoteExperts:
 
     async def call(self, name, inputs):
         import tritonclient.grpc as grpc_sync
+        from tritonclient.utils import np_to_triton_dtype
         url = self.where[name]
         tensors = []
         for i, t in enumerate(inputs):
             array = t.contiguous().numpy()
-            tensors.append(grpc_sync.InferInput(f"INPUT__{i}", list(array.shape), "FP32" if array.dtype == np.float32 else "INT64"))
+            tensors.append(grpc_sync.InferInput(f"INPUT__{i}", list(array.shape), np_to_triton_dtype(array.dtype)))
             tensors[-1].set_data_from_numpy(array)
         try:
             result = await self.client(url).infer(
