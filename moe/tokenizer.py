@@ -41,9 +41,12 @@ def configure(tok: Tokenizer, max_len: int) -> None:
     tok.enable_padding(pad_id=tok.token_to_id(PAD), pad_token=PAD)
 
 
-def load_fast_tokenizer(path: Path):
+def load_fast_tokenizer(path_or_tokenizer: Path | Tokenizer):
+    """transformers' fast tokenizer over a tokenizer.json file or a `tokenizers.Tokenizer`."""
     from transformers import PreTrainedTokenizerFast
-    return PreTrainedTokenizerFast(tokenizer_file=str(path), pad_token=PAD, unk_token=UNK, cls_token=CLS)
+    source = (dict(tokenizer_object=path_or_tokenizer) if isinstance(path_or_tokenizer, Tokenizer)
+              else dict(tokenizer_file=str(path_or_tokenizer)))
+    return PreTrainedTokenizerFast(**source, pad_token=PAD, unk_token=UNK, cls_token=CLS)
 
 
 def encode(tokenizer, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -111,13 +111,8 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
     if tok.get_vocab_size() < cfg.vocab_size:
         # Few training rows make a smaller vocabulary; the embedding follows the tokenizer.
         cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tok_path = out.with_name(out.name + ".tokenizer.json")
-    tok.save(str(tok_path))
-    tokenizer_json = tok_path.read_text()
-    fast = load_fast_tokenizer(tok_path)
-    tok_path.unlink()
+    tokenizer_json = tok.to_str(pretty=True)
+    fast = load_fast_tokenizer(tok)
     train_batches = Batches(fast, train_rows, cfg.max_len)
     log(f"tokenizer: {tok.get_vocab_size()} subwords, trained in {time.time() - t0:.1f}s")
 
