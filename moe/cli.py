@@ -11,7 +11,8 @@ import click
 
 from .errors import MoEError
 
-DEFAULT_DATA = "../shared/data/ag_news"
+# AG News beside the checkout (../shared/data/ag_news), wherever the command is run from.
+DEFAULT_DATA = str(Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ag_news")
 
 
 def friendly_errors(fn):
