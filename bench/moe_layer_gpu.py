@@ -3,14 +3,14 @@
 Compares, in bf16, on the same random tokens and the same router:
 
   sparse_sort       moe.model.MoEFeedForward as it is: router, dispatch_plan (stable argsort +
-                    bincount().tolist()), a loop over experts on contiguous chunks, combine
-                    (index_add).
+                    bincount().tolist()), a loop over experts on contiguous chunks, combine by
+                    GATHERING the expert outputs back into [token, k] order and a weighted sum
+                    over k (no atomics). (In docs/gpu_moe_layer.md's run this was the variant
+                    "sparse_sort_gather"; "sparse_sort" there was the index_add combine below.)
+  sparse_sort_index_add   the same with the model's earlier combine: an atomic index_add.
   sparse_sort_copy  the same, but combine by un-permuting the weighted slot outputs
                     (index_copy) and summing the k slots of each token: no atomics, no zeros.
-  sparse_sort_gather      the same, but combine by GATHERING the expert outputs back into
-                    [token, k] order (inverse permutation, index_select) and a weighted sum over k:
-                    no atomics, no zeros, the weights stay in [token, k] order.
-  sparse_sort_gather_bmm  the same, the weighted sum over k as one bmm ([N,1,k] @ [N,k,D]).
+  sparse_sort_gather_bmm  the model's gather, the weighted sum over k as one bmm.
   mask_loop         the naive loop of older implementations: for e: (ids == e).nonzero(), gather,
                     expert, index_add.
   dense             a dense FFN with the same ACTIVE parameters per token (hidden width
@@ -60,7 +60,7 @@ from moe.config import MoEConfig, preset  # noqa: E402
 from moe.model import MoEFeedForward  # noqa: E402
 from moe.routing import combine, dispatch_plan  # noqa: E402
 
-VARIANTS = ["sparse_sort", "sparse_sort_copy", "sparse_sort_gather", "sparse_sort_gather_bmm",
+VARIANTS = ["sparse_sort", "sparse_sort_index_add", "sparse_sort_copy", "sparse_sort_gather_bmm",
             "mask_loop", "dense", "grouped_mm",
             "grouped_mm_prestacked", "compiled_grouped_mm", "compiled_sparse_sort"]
 COMPILED = {"compiled_grouped_mm", "compiled_sparse_sort"}
@@ -90,44 +90,39 @@ def sparse_sort(moe: MoEFeedForward, h: Tensor) -> Tensor:
     return moe(h)[0]
 
 
-def sparse_sort_copy(moe: MoEFeedForward, h: Tensor) -> Tensor:
+def sparse_sort_with(moe: MoEFeedForward, h: Tensor, combine_fn) -> Tensor:
+    """The model's dispatch (router, dispatch_plan, loop over experts) with another combine."""
     expert_ids, weights, _ = moe.router(h)
-    n, k = expert_ids.shape
     token_index, slot_order, counts = dispatch_plan(expert_ids, moe.n_experts)
     chunks = h.index_select(0, token_index).split(counts)
     outputs: List[Tensor] = []
     for e, expert in enumerate(moe.experts):
         outputs.append(expert(chunks[e]) if counts[e] > 0 else chunks[e])
-    y = torch.cat(outputs)
+    return combine_fn(torch.cat(outputs), weights, token_index, slot_order)
+
+
+def combine_index_add(y: Tensor, weights: Tensor, token_index: Tensor, slot_order: Tensor) -> Tensor:
+    """The model's combine before it adopted the gather: an atomic scatter-add per slot."""
+    w = weights.reshape(-1).index_select(0, slot_order).unsqueeze(1).to(y.dtype)
+    out = torch.zeros((weights.shape[0], y.shape[1]), dtype=y.dtype, device=y.device)
+    return out.index_add(0, token_index, y * w)
+
+
+def combine_copy(y: Tensor, weights: Tensor, token_index: Tensor, slot_order: Tensor) -> Tensor:
+    """Un-permute the weighted slot outputs (index_copy) and sum the k slots of each token."""
+    n, k = weights.shape
     w = weights.reshape(-1).index_select(0, slot_order).unsqueeze(1).to(y.dtype)
     slots = torch.empty_like(y).index_copy_(0, slot_order, y * w)       # back to [token, k] order
     return slots.view(n, k, -1).sum(1)
 
 
-def inverse_permutation(slot_order: Tensor) -> Tensor:
-    """inv[slot_order[i]] = i: sorted position of each [token, k] slot."""
-    return torch.empty_like(slot_order).index_copy_(
+def combine_gather_bmm(y: Tensor, weights: Tensor, token_index: Tensor, slot_order: Tensor) -> Tensor:
+    """The model's gather, with the weighted sum over k as one bmm ([N,1,k] @ [N,k,D])."""
+    n, k = weights.shape
+    inverse = torch.empty_like(slot_order).index_copy_(
         0, slot_order, torch.arange(slot_order.numel(), device=slot_order.device))
-
-
-def combine_gather(expert_outputs: Tensor, expert_weights: Tensor, slot_order: Tensor,
-                   use_bmm: bool = False) -> Tensor:
-    n, k = expert_weights.shape
-    y = expert_outputs.index_select(0, inverse_permutation(slot_order)).view(n, k, -1)
-    w = expert_weights.to(y.dtype)
-    if use_bmm:
-        return torch.bmm(w.unsqueeze(1), y).squeeze(1)
-    return (y * w.unsqueeze(2)).sum(1)
-
-
-def sparse_sort_gather(moe: MoEFeedForward, h: Tensor, use_bmm: bool = False) -> Tensor:
-    expert_ids, weights, _ = moe.router(h)
-    token_index, slot_order, counts = dispatch_plan(expert_ids, moe.n_experts)
-    chunks = h.index_select(0, token_index).split(counts)
-    outputs: List[Tensor] = []
-    for e, expert in enumerate(moe.experts):
-        outputs.append(expert(chunks[e]) if counts[e] > 0 else chunks[e])
-    return combine_gather(torch.cat(outputs), weights, slot_order, use_bmm)
+    g = y.index_select(0, inverse).view(n, k, -1)
+    return torch.bmm(weights.to(g.dtype).unsqueeze(1), g).squeeze(1)
 
 
 def mask_loop(moe: MoEFeedForward, h: Tensor) -> Tensor:
@@ -271,9 +266,9 @@ def fp32_checks(cfg: MoEConfig, device: torch.device, n: int) -> List[dict]:
         rows = []
         with torch.no_grad():
             ref = sparse_sort(moe, h)
-            for name, fn in [("sparse_sort_copy", sparse_sort_copy),
-                             ("sparse_sort_gather", sparse_sort_gather),
-                             ("sparse_sort_gather_bmm", lambda m, x: sparse_sort_gather(m, x, True)),
+            for name, fn in [("sparse_sort_index_add", lambda m, x: sparse_sort_with(m, x, combine_index_add)),
+                             ("sparse_sort_copy", lambda m, x: sparse_sort_with(m, x, combine_copy)),
+                             ("sparse_sort_gather_bmm", lambda m, x: sparse_sort_with(m, x, combine_gather_bmm)),
                              ("mask_loop", mask_loop),
                              ("grouped_mm", grouped_mm)]:
                 try:
@@ -389,9 +384,9 @@ def run(args) -> dict:
         cfg, moe, dense, stacked = models[cname]
         return {
             "sparse_sort": lambda h: sparse_sort(moe, h),
-            "sparse_sort_copy": lambda h: sparse_sort_copy(moe, h),
-            "sparse_sort_gather": lambda h: sparse_sort_gather(moe, h),
-            "sparse_sort_gather_bmm": lambda h: sparse_sort_gather(moe, h, True),
+            "sparse_sort_index_add": lambda h: sparse_sort_with(moe, h, combine_index_add),
+            "sparse_sort_copy": lambda h: sparse_sort_with(moe, h, combine_copy),
+            "sparse_sort_gather_bmm": lambda h: sparse_sort_with(moe, h, combine_gather_bmm),
             "mask_loop": lambda h: mask_loop(moe, h),
             "dense": lambda h: dense(h),
             "grouped_mm": lambda h: grouped_mm(moe, h),

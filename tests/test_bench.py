@@ -43,3 +43,16 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
     assert ratios["cold_start_s"] is None and ratios["server_rss_gb"] is None
     assert {t["key"] for t in saved["targets"]} >= {"v2_vs_eager_throughput_c16", "cold_start_s"}
     assert "| v1 | 1 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_gpu_moe_layer_benchmark_smoke_on_cpu(tmp_path):
+    """bench/moe_layer_gpu.py --smoke: every dispatch variant agrees with the model's output."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / "bench" / "moe_layer_gpu.py"), "--smoke",
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [l for l in result.stdout.splitlines() if l.startswith("| smoke-")]
+    assert rows and all(l.rstrip().endswith("| yes |") for l in rows), rows
