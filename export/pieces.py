@@ -4,7 +4,7 @@ Inputs and outputs follow NVIDIA's pytorch_libtorch convention: forward's argume
 INPUT__0, INPUT__1, ... and its returned tuple is OUTPUT__0, OUTPUT__1, ... in that order. A piece
 that is per layer holds that piece of every layer and takes the layer as an INT64 [1] tensor.
 """
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn

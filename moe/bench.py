@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import re
-import sys
 import time
 import urllib.request
 from dataclasses import asdict, dataclass, field

@@ -19,7 +19,6 @@ import tempfile
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
@@ -80,15 +79,13 @@ def stand_in_backend_utils() -> types.ModuleType:
 def parse_config(path: Path) -> dict:
     """The fields the runner reads, from the exported config.pbtxt (Triton gives it as JSON)."""
     text = path.read_text()
-    tensors = lambda block: [{"name": n} for n in re.findall(r'name: "(\w+)"', block)]
-    inputs = re.search(r"^input \[(.*?)^\]", text + "\n", re.M | re.S)
-    outputs = re.search(r"^output \[(.*?)^\]", text + "\n", re.M | re.S)
-    one = lambda kind: [{"name": m} for m in re.findall(rf'^{kind} \[ {{ name: "(\w+)"', text, re.M)]
+    def tensors(kind):   # `input [ ... ]` on one line or many: the block ends at a line-final ']'
+        block = re.search(rf"^{kind} \[(.*?)\]$", text, re.M | re.S).group(1)
+        return [{"name": n} for n in re.findall(r'name: "(\w+)"', block)]
     params = dict(re.findall(r'key: "(\w+)" value: \{ string_value: "([^"]*)" \}', text))
     return {"name": re.search(r'^name: "(\w+)"', text, re.M).group(1),
             "max_batch_size": int(re.search(r"^max_batch_size: (\d+)", text, re.M).group(1)),
-            "input": tensors(inputs.group(1)) if inputs else one("input"),
-            "output": tensors(outputs.group(1)) if outputs else one("output"),
+            "input": tensors("input"), "output": tensors("output"),
             "parameters": {k: {"string_value": v} for k, v in params.items()},
             "gpu": int(m.group(1)) if (m := re.search(r"KIND_GPU gpus: \[ (\d+) \]", text)) else None}
 
