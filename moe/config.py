@@ -25,6 +25,11 @@ class MoEConfig:
     balance_loss_weight: float = 0.01
     z_loss_weight: float = 0.0
     pad_id: int = 0
+    # "pre": our from-scratch blocks, LayerNorm before each sublayer. "post": BERT-style blocks,
+    # LayerNorm after each residual add, for encoders upcycled from pretrained checkpoints.
+    # Configs written before these two fields existed load as "pre" with PyTorch's eps.
+    norm_position: str = "pre"
+    layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
         problems = []
@@ -34,6 +39,10 @@ class MoEConfig:
             problems.append(f"top_k={self.top_k} must be between 1 and n_experts={self.n_experts}")
         if len(self.labels) != self.n_classes:
             problems.append(f"{len(self.labels)} labels given for n_classes={self.n_classes}")
+        if self.norm_position not in ("pre", "post"):
+            problems.append(f"norm_position must be 'pre' or 'post', got {self.norm_position!r}")
+        if not self.layer_norm_eps > 0:
+            problems.append(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
         for name in ("vocab_size", "max_len", "d_model", "n_heads", "n_layers", "n_experts", "d_ff"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")

@@ -1,12 +1,27 @@
 """The MoE Transformer encoder classifier.
 
-The forward pass is cut into pure pieces (DESIGN.md, "Making v1 exact by construction"):
+The forward pass is cut into pure pieces (DESIGN.md, "Making v1 exact by construction"), and
+each LayerNorm lands in exactly one of them. Pre-norm blocks (norm_position="pre", the
+from-scratch presets):
 
-    Embedding          ids -> x
+    Embedding          ids -> x = token * sqrt(d) + position
     SelfAttention[l]   x, mask -> x + Attn(LN1(x)), h = LN2(x)       (h is what the router sees)
     Router[l]          h of real tokens -> top-k expert ids, weights
     Expert[l][e]       h of the tokens routed to e -> FFN_e(h)
+    combine            x = x + sum_k w_k FFN_{e_k}(h)                 (the BLS in v1)
     Classifier         LN_f(x) -> masked mean over real tokens -> logits
+
+Post-norm blocks (norm_position="post", BERT-style, for upcycled pretrained encoders) compute
+a = LN1(x + Attn(x)) and LN2(a + sum_k w_k FFN_{e_k}(a)). The closing LN2 of layer l moves into
+the next piece, so the combine step stays a plain residual add:
+
+    Embedding          ids -> x = LN_emb(token + position)
+    SelfAttention[l]   x, mask -> y = LN2[l-1](x) (y = x for l = 0), a = LN1(y + Attn(y));
+                       returns (a, a)
+    Router[l]          a of real tokens -> top-k expert ids, weights
+    Expert[l][e]       a of the tokens routed to e -> FFN_e(a)
+    combine            x = a + sum_k w_k FFN_{e_k}(a)                 (the BLS in v1)
+    Classifier         LN2[L-1](x) -> masked mean over real tokens -> logits
 
 `MoEClassifier.forward` calls exactly these modules, and the Triton pipeline serves each of
 them as its own model, so v1 (distributed) and v2 (monolith) run the same math.
@@ -28,32 +43,33 @@ from .routing import (add_to_real_tokens, balance_loss, combine, dispatch_plan,
 class Embedding(nn.Module):
     def __init__(self, cfg: MoEConfig):
         super().__init__()
+        post_norm = cfg.norm_position == "post"
         self.token = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.position = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.scale = math.sqrt(cfg.d_model)
+        self.scale = 1.0 if post_norm else math.sqrt(cfg.d_model)
+        # Post-norm blocks expect a normalized input, the first block's included.
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps) if post_norm else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, ids: Tensor) -> Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device)
-        return self.dropout(self.token(ids) * self.scale + self.position(positions))
+        return self.dropout(self.norm(self.token(ids) * self.scale + self.position(positions)))
 
 
 class SelfAttention(nn.Module):
-    """Pre-norm attention sublayer; also returns LN2(x), the input of the MoE sublayer."""
+    """Multi-head self-attention, the part that pre-norm and post-norm blocks share."""
 
     def __init__(self, cfg: MoEConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
-        self.norm = nn.LayerNorm(cfg.d_model)
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
         self.attn_dropout = cfg.dropout
-        self.moe_norm = nn.LayerNorm(cfg.d_model)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+    def attend(self, x: Tensor, mask: Tensor) -> Tensor:
         B, T, D = x.shape
-        q, k, v = self.qkv(self.norm(x)).split(D, dim=2)
+        q, k, v = self.qkv(x).split(D, dim=2)
         q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
@@ -62,8 +78,36 @@ class SelfAttention(nn.Module):
         keep = mask.view(B, 1, 1, T)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                            dropout_p=self.attn_dropout if self.training else 0.0)
-        x = x + self.dropout(self.out(y.transpose(1, 2).reshape(B, T, D)))
+        return self.dropout(self.out(y.transpose(1, 2).reshape(B, T, D)))
+
+
+class PreNormAttention(SelfAttention):
+    """x -> x + Attn(LN1(x)), and LN2(x), the input of the MoE sublayer."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__(cfg)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.moe_norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        x = x + self.attend(self.norm(x), mask)
         return x, self.moe_norm(x)
+
+
+class PostNormAttention(SelfAttention):
+    """x -> a = LN1(y + Attn(y)) with y = LN2 of the previous layer applied to x, returned as
+    both the residual stream and the MoE input: the MoE sublayer adds its output to a."""
+
+    def __init__(self, cfg: MoEConfig, first: bool):
+        super().__init__(cfg)
+        # The first layer's input leaves the embedding already normalized.
+        self.input_norm = nn.Identity() if first else nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor]:
+        y = self.input_norm(x)
+        a = self.norm(y + self.attend(y, mask))
+        return a, a
 
 
 class Router(nn.Module):
@@ -112,9 +156,10 @@ class MoEFeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: MoEConfig):
+    def __init__(self, cfg: MoEConfig, layer: int):
         super().__init__()
-        self.attention = SelfAttention(cfg)
+        self.attention = (PostNormAttention(cfg, first=layer == 0) if cfg.norm_position == "post"
+                          else PreNormAttention(cfg))
         self.moe = MoEFeedForward(cfg)
 
     def forward(self, x: Tensor, mask: Tensor, real: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -127,7 +172,8 @@ class Block(nn.Module):
 class Classifier(nn.Module):
     def __init__(self, cfg: MoEConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(cfg.d_model)
+        # LN_f after pre-norm blocks; the last block's LN2 after post-norm blocks.
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -142,7 +188,7 @@ class MoEClassifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embedding = Embedding(cfg)
-        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
+        self.blocks = nn.ModuleList([Block(cfg, layer) for layer in range(cfg.n_layers)])
         self.classifier = Classifier(cfg)
         self.apply(self._init_weights)
 
