@@ -51,8 +51,14 @@ def main():
 @click.option("--save-dtype", type=click.Choice(["float32", "float16"]))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a model hyper-parameter of the preset, e.g. --set d_ff=768")
+@click.option("--init", type=click.Path(path_type=Path, file_okay=False),
+              help="start from this pretrained BERT-style Hugging Face folder (sparse upcycling): "
+                   "it gives the architecture and tokenizer, the preset and --set the routing, "
+                   "max_len and dropout; training defaults become a fine-tuning schedule")
+@click.option("--upcycle", type=click.Choice(["copy", "slice"]), default="copy", show_default=True,
+              help="with --init: each expert a copy of the layer's FFN, or one of n_experts slices of it")
 @friendly_errors
-def train(preset, data, out, overrides, **train_options):
+def train(preset, data, out, overrides, init, upcycle, **train_options):
     """Train a model and write the best checkpoint (by validation accuracy) to OUT."""
     from .config import preset as get_preset
     from .train import TRAIN_PRESETS, TrainConfig, train as run_training
@@ -61,9 +67,9 @@ def train(preset, data, out, overrides, **train_options):
         cfg = dataclasses.replace(cfg, **parse_overrides(cfg, overrides))
     except (ValueError, TypeError) as e:
         raise MoEError(str(e)) from e
-    tc = TrainConfig(**TRAIN_PRESETS.get(preset, {}))
+    tc = TrainConfig(**TRAIN_PRESETS.get("upcycle" if init else preset, {}))
     tc = dataclasses.replace(tc, **{k: v for k, v in train_options.items() if v is not None})
-    history = run_training(cfg, tc, data, out, log=click.echo)
+    history = run_training(cfg, tc, data, out, log=click.echo, init=init, upcycle=upcycle)
     click.echo(f"best validation accuracy {history['best_val_accuracy'] * 100:.2f}% "
                f"(epoch {history['best_epoch']}), checkpoint in {out}")
 

@@ -1,8 +1,10 @@
 """Subword tokenizer: trained with `tokenizers`, saved as tokenizer.json, used through
 `transformers.PreTrainedTokenizerFast` in Python and through `tokenizers` alone in Triton.
 
-Truncation and the [CLS] template live inside tokenizer.json itself, so every consumer of the
-file (training, eval, the Triton tokenizer model, NVIDIA's container) produces the same ids.
+Truncation, padding and the special-token template live inside tokenizer.json itself, so every
+consumer of the file (training, eval, the Triton tokenizer model, NVIDIA's container) produces
+the same ids. Our own tokenizers write "[CLS] text"; a pretrained BERT tokenizer keeps its
+"[CLS] text [SEP]", the form its encoder was trained on (moe/upcycle.py).
 """
 from __future__ import annotations
 
@@ -29,14 +31,15 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, max_len: int) -> Toke
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                         min_frequency=2, show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    # Every text starts with [CLS], so even an empty one has a real token to attend to.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A", special_tokens=[(CLS, tok.token_to_id(CLS))])
     configure(tok, max_len)
     return tok
 
 
 def configure(tok: Tokenizer, max_len: int) -> None:
-    cls_id = tok.token_to_id(CLS)
-    # Every text starts with [CLS], so even an empty one has a real token to attend to.
-    tok.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, cls_id)])
+    """Truncate to max_len tokens (special tokens included) and pad with [PAD]."""
     tok.enable_truncation(max_length=max_len)
     tok.enable_padding(pad_id=tok.token_to_id(PAD), pad_token=PAD)
 

@@ -18,6 +18,7 @@ from .data import Split, load_split, train_val_split
 from .evaluate import evaluate
 from .model import MoEClassifier, auxiliary_losses, expert_load
 from .tokenizer import load_fast_tokenizer, train_tokenizer
+from .upcycle import start_from_pretrained
 
 
 @dataclass
@@ -45,6 +46,10 @@ TRAIN_PRESETS = {
     "tiny": dict(epochs=2, lr=2e-3, batch_size=64, label_smoothing=0.0),
     "small": dict(epochs=3, lr=5e-4, label_smoothing=0.2, save_dtype="float16"),
     "seed": dict(epochs=3, lr=3e-4),
+    # Fine-tuning an upcycled pretrained encoder (`moe train --init`): the usual BERT recipe of
+    # a small learning rate with 10 % warm-up, batch 32, a few epochs.
+    "upcycle": dict(epochs=3, lr=1e-4, batch_size=32, warmup_fraction=0.1, weight_decay=0.01,
+                    label_smoothing=0.1, save_dtype="float16"),
 }
 
 
@@ -98,7 +103,11 @@ class Batches:
         return ids, ids != self.pad_id, torch.tensor([self.labels[i] for i in idx])
 
 
-def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=print) -> dict:
+def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=print,
+          init: Path | None = None, upcycle: str = "copy") -> dict:
+    """Train from scratch, or with `init` (a pretrained BERT-style Hugging Face folder) fine-tune
+    the MoE upcycled from it by `upcycle` ("copy" or "slice", see moe/upcycle.py): its
+    architecture and tokenizer then come from `init`, routing, max_len and dropout from `cfg`."""
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     device = pick_device(tc.device)
@@ -107,18 +116,24 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
     log(f"data: {len(train_rows)} training rows, {len(val_rows)} validation rows, device {device}")
 
     t0 = time.time()
-    tok = train_tokenizer(train_rows.texts, cfg.vocab_size, cfg.max_len)
-    if tok.get_vocab_size() < cfg.vocab_size:
-        # Few training rows make a smaller vocabulary; the embedding follows the tokenizer.
-        cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
+    if init is None:
+        tok = train_tokenizer(train_rows.texts, cfg.vocab_size, cfg.max_len)
+        if tok.get_vocab_size() < cfg.vocab_size:
+            # Few training rows make a smaller vocabulary; the embedding follows the tokenizer.
+            cfg = dataclasses.replace(cfg, vocab_size=tok.get_vocab_size())
+        model = MoEClassifier(cfg)
+        log(f"tokenizer: {tok.get_vocab_size()} subwords, trained in {time.time() - t0:.1f}s")
+    else:
+        model, tok = start_from_pretrained(init, train_rows.texts, cfg, upcycle)
+        cfg = model.cfg
+        log(f"upcycled {init} ({upcycle}): tokenizer trimmed to the {tok.get_vocab_size()} "
+            f"subwords the training texts use, in {time.time() - t0:.1f}s")
     tokenizer_json = tok.to_str(pretty=True)
     fast = load_fast_tokenizer(tok)
     train_batches = Batches(fast, train_rows, cfg.max_len)
-    log(f"tokenizer: {tok.get_vocab_size()} subwords, trained in {time.time() - t0:.1f}s")
-
-    model = MoEClassifier(cfg).to(device)
-    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.n_layers} layers, "
-        f"{cfg.n_experts} experts, top-{cfg.top_k}")
+    model = model.to(device)
+    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.n_layers} "
+        f"{cfg.norm_position}-norm layers, {cfg.n_experts} experts of FFN {cfg.d_ff}, top-{cfg.top_k}")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
@@ -131,6 +146,8 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
 
     history = {"config": cfg.to_dict(), "train": dataclasses.asdict(tc), "data": str(data),
                "train_rows": len(train_rows), "val_rows": len(val_rows), "epochs": []}
+    if init is not None:
+        history["upcycled_from"] = {"folder": str(init), "method": upcycle}
     best_val, step = -1.0, 0
     for epoch in range(1, tc.epochs + 1):
         model.train()
