@@ -11,6 +11,9 @@ from moe.model import MoEClassifier, MoEFeedForward, auxiliary_losses
 from moe.routing import add_to_real_tokens, balance_loss, real_token_index
 
 CFG = dataclasses.replace(preset("tiny"), vocab_size=500)
+# BERT-style blocks, as upcycled from a pretrained encoder (moe/upcycle.py).
+POST_NORM = dataclasses.replace(CFG, norm_position="post", layer_norm_eps=1e-12)
+both_blocks = pytest.mark.parametrize("cfg", [CFG, POST_NORM], ids=["pre_norm", "post_norm"])
 
 
 def make_model(seed=0, cfg=CFG) -> MoEClassifier:
@@ -75,9 +78,10 @@ def test_balance_loss_is_one_for_uniform_routing_and_larger_otherwise():
     assert balance_loss(skewed_logits, skewed_ids, E).item() > 3.0
 
 
-def test_logits_do_not_change_when_padding_is_added():
-    model = make_model()
-    ids, mask = random_batch(B=3, T=10)
+@both_blocks
+def test_logits_do_not_change_when_padding_is_added(cfg):
+    model = make_model(cfg=cfg)
+    ids, mask = random_batch(B=3, T=10, cfg=cfg)
     base = model(ids, mask)
     for extra in (1, 7, 30):
         padded_ids = F.pad(ids, (0, extra), value=CFG.pad_id)
@@ -89,18 +93,19 @@ def test_logits_do_not_change_when_padding_is_added():
     torch.testing.assert_close(alone, base[1:2], atol=1e-5, rtol=0)
 
 
-def test_forward_equals_composition_of_pieces():
-    model = make_model()
-    ids, mask = random_batch()
+@both_blocks
+def test_forward_equals_composition_of_pieces(cfg):
+    model = make_model(cfg=cfg)
+    ids, mask = random_batch(cfg=cfg)
     x = model.embedding(ids)
     real = real_token_index(mask)
     for block in model.blocks:
         x, h = block.attention(x, mask)
-        h_real = h.reshape(-1, CFG.d_model)[real]
+        h_real = h.reshape(-1, cfg.d_model)[real]
         expert_ids, weights, _ = block.moe.router(h_real)
         update = torch.zeros_like(h_real)
         for e, expert in enumerate(block.moe.experts):
-            for slot in range(CFG.top_k):
+            for slot in range(cfg.top_k):
                 chosen = expert_ids[:, slot] == e
                 if chosen.any():
                     update[chosen] += weights[chosen, slot, None] * expert(h_real[chosen])
@@ -109,18 +114,20 @@ def test_forward_equals_composition_of_pieces():
     torch.testing.assert_close(model(ids, mask), logits, atol=1e-5, rtol=0)
 
 
-def test_torchscript_model_matches_eager():
-    model = make_model()
+@both_blocks
+def test_torchscript_model_matches_eager(cfg):
+    model = make_model(cfg=cfg)
     scripted = torch.jit.script(model)
-    ids, mask = random_batch()
+    ids, mask = random_batch(cfg=cfg)
     torch.testing.assert_close(scripted(ids, mask), model(ids, mask), atol=1e-6, rtol=0)
 
 
-def test_save_load_gives_identical_logits(tmp_path):
-    model = make_model()
+@both_blocks
+def test_save_load_gives_identical_logits(tmp_path, cfg):
+    model = make_model(cfg=cfg)
     save_checkpoint(tmp_path / "ck", model, tokenizer_json="{}", metrics={"epochs": []})
     loaded, _ = load_checkpoint(tmp_path / "ck")
-    ids, mask = random_batch()
+    ids, mask = random_batch(cfg=cfg)
     assert torch.equal(loaded(ids, mask), model(ids, mask))
 
 
