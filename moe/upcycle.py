@@ -9,10 +9,14 @@ FFN becomes the layer's experts, in one of two ways:
             exactly the dense FFN, whatever the router picks, until training sets experts apart.
             n_experts times the FFN parameters; top-k times the FFN compute.
     slice   expert e holds hidden units [e*d_ff, (e+1)*d_ff) of the FFN, d_ff = width/n_experts:
-            the dense model's parameter count, k/n_experts of its FFN compute. Each slice's output
-            projection is scaled by n_experts, so the routed sum is an unbiased estimate of the
-            dense FFN over a uniformly random choice of k slices, and equals it exactly when all
-            slices are chosen with equal weights.
+            the dense model's parameter count, top_k/n_experts of its FFN compute. Each slice's
+            output projection is scaled by top_k: the top-k weights start near 1/k, so the layer
+            starts as the dense FFN restricted to the hidden units of the k chosen slices, and
+            is exactly the dense FFN when every slice is chosen with equal weight. (Scaling by
+            n_experts instead, the unbiased estimate over a random choice of k slices, starts
+            much further from the pretrained encoder: its errors compound over the layers.
+            On all-MiniLM-L6-v2 with top-2, the mean-pooled embeddings of AG News texts have
+            cosine 0.57 to the dense model's with top_k scaling, 0.05 with n_experts scaling.)
 
 The router starts as a small random projection rather than zeros: zeros tie every logit, so
 top-k would send every token to the same k experts, and with identical (copied) experts the task
@@ -179,7 +183,7 @@ def upcycled_state(weights: dict[str, Tensor], cfg: MoEConfig, method: str) -> d
                 expert = (fc1_w, fc1_b, fc2_w, fc2_b)
             else:
                 units = slice(e * cfg.d_ff, (e + 1) * cfg.d_ff)
-                expert = (fc1_w[units], fc1_b[units], fc2_w[:, units] * cfg.n_experts, fc2_b)
+                expert = (fc1_w[units], fc1_b[units], fc2_w[:, units] * cfg.top_k, fc2_b)
             for name, tensor in zip(("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"), expert):
                 state[f"{ours}moe.experts.{e}.{name}"] = tensor
     return state

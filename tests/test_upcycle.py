@@ -103,13 +103,32 @@ def test_slice_upcycled_model_with_every_slice_chosen_is_the_pretrained_encoder(
     model, tok = start_from_pretrained(bert_folder, TRAIN_TEXTS, base, "slice")
     model.eval()
     assert model.cfg.d_ff == 64 // BASE.n_experts
-    # A zero router weighs every slice 1/n_experts, which the n_experts-scaled slices undo.
+    # A zero router weighs every slice 1/n_experts, which slices scaled by top_k = n_experts undo.
     with torch.no_grad():
         for block in model.blocks:
             block.moe.router.proj.weight.zero_()
     ours, mask = moe_hidden_states(model, tok, TRAIN_TEXTS)
     ref = bert_hidden_states(bert_folder, TRAIN_TEXTS)
     torch.testing.assert_close(ours[mask], ref[mask], atol=1e-5, rtol=0)
+
+
+def test_slice_layer_starts_as_the_dense_ffn_on_the_chosen_hidden_units(bert_folder):
+    model, _ = start_from_pretrained(bert_folder, TRAIN_TEXTS, BASE, "slice")
+    moe, d_ff = model.blocks[1].moe, model.cfg.d_ff
+    weights = read_pretrained(bert_folder).weights
+    fc1 = torch.nn.Linear(32, 64)
+    fc1.load_state_dict({k: weights[f"encoder.layer.1.intermediate.dense.{k}"] for k in ("weight", "bias")})
+    w2, b2 = weights["encoder.layer.1.output.dense.weight"], weights["encoder.layer.1.output.dense.bias"]
+    with torch.no_grad():
+        moe.router.proj.weight.zero_()   # ties: equal top-k weights 1/k
+        a = torch.randn(7, 32)
+        update, expert_ids, _ = moe(a)
+        chosen = torch.zeros(7, 64)
+        for slot in range(BASE.top_k):
+            for t, e in enumerate(expert_ids[:, slot].tolist()):
+                chosen[t, e * d_ff:(e + 1) * d_ff] = 1.0
+        expected = (torch.nn.functional.gelu(fc1(a)) * chosen) @ w2.T + b2
+    torch.testing.assert_close(update, expected, atol=1e-5, rtol=0)
 
 
 def test_upcycled_router_starts_small_and_spreads_tokens(bert_folder):
