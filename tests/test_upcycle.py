@@ -131,14 +131,20 @@ def test_slice_layer_starts_as_the_dense_ffn_on_the_chosen_hidden_units(bert_fol
     torch.testing.assert_close(update, expected, atol=1e-5, rtol=0)
 
 
-def test_upcycled_router_starts_small_and_spreads_tokens(bert_folder):
+def test_upcycled_routers_start_small_and_blind_to_the_mean_token(bert_folder):
     model, tok = start_from_pretrained(bert_folder, TRAIN_TEXTS, BASE, "copy")
     ids, mask = encode(load_fast_tokenizer(tok), TRAIN_TEXTS, model.cfg.max_len)
+    inputs = []
+    hooks = [b.moe.router.register_forward_hook(lambda m, i, o: inputs.append(i[0])) for b in model.blocks]
     with torch.no_grad():
-        _, expert_ids, router_logits = model.eval().forward_routed(ids, mask)
-    for logits, chosen in zip(router_logits, expert_ids):
-        assert logits.abs().max() < 0.1             # top-k weights start near 1/k
-        assert len(torch.unique(chosen)) > BASE.top_k   # tokens do not all share k experts
+        _, _, router_logits = model.eval().forward_routed(ids, mask)
+    for hook in hooks:
+        hook.remove()
+    for block, h, logits in zip(model.blocks, inputs, router_logits):
+        # The direction every token shares gives no logit: only what differs between tokens routes.
+        assert (block.moe.router.proj.weight @ h.mean(0)).abs().max() < 1e-5
+        weights = torch.softmax(logits.topk(BASE.top_k).values, -1)
+        assert (weights - 1 / BASE.top_k).abs().max() < 0.25     # top-k weights start near 1/k
 
 
 def test_trimmed_vocabulary_keeps_the_ids_of_training_texts(bert_folder):
