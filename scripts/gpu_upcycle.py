@@ -39,8 +39,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# name -> upcycling method, peak learning rate, experts per token. Slices keep the dense model's
-# parameter count (the candidates for the bundled checkpoint); copies are the accuracy reference.
+# name -> upcycling method, peak learning rate, and model settings over the small preset's
+# routing (8 experts, max_len 128, dropout 0.1, balance-loss weight 0.01). Slices keep the dense
+# model's parameter count (the candidates for the bundled checkpoint); copies are the accuracy
+# reference (8 FFN copies per layer: about 130 MB in fp16).
 RUNS = {
     "copy": dict(upcycle="copy", lr=1e-4, top_k=2),
     "slice": dict(upcycle="slice", lr=1e-4, top_k=2),
@@ -48,6 +50,7 @@ RUNS = {
     "slice_top4": dict(upcycle="slice", lr=1e-4, top_k=4),
     "copy_lr5e-5": dict(upcycle="copy", lr=5e-5, top_k=2),
     "slice_top4_lr2e-4": dict(upcycle="slice", lr=2e-4, top_k=4),
+    "slice_balance0.05": dict(upcycle="slice", lr=1e-4, top_k=2, balance_loss_weight=0.05),
 }
 DEFAULT_RUNS = "copy,slice,slice_lr2e-4,slice_top4"
 WEIGHTS_BUDGET = 50_000_000          # bytes of fp16 weights for the bundled checkpoint
@@ -59,9 +62,8 @@ def run_settings(name: str, args):
     """(model config, train config) of one run, on the `moe train --init` defaults."""
     from moe.config import preset
     from moe.train import TRAIN_PRESETS, TrainConfig
-    spec = RUNS[name]
-    cfg = dataclasses.replace(preset("small"), top_k=spec["top_k"])
-    tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), lr=spec["lr"])
+    cfg = dataclasses.replace(preset("small"), **model_settings(name))
+    tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), lr=RUNS[name]["lr"])
     for option in ("epochs", "batch_size"):
         if getattr(args, option) is not None:
             tc = dataclasses.replace(tc, **{option: getattr(args, option)})
@@ -71,13 +73,17 @@ def run_settings(name: str, args):
     return cfg, tc
 
 
+def model_settings(name: str) -> dict:
+    return {k: v for k, v in RUNS[name].items() if k not in ("upcycle", "lr")}
+
+
 def cli_command(name: str, args) -> str:
     """The same run as a `moe train` command line (the CLI's --init defaults are these)."""
     spec = RUNS[name]
-    overrides = "".join(f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size")
-                        if getattr(args, o) is not None)
-    return (f"moe train --init MINILM --upcycle {spec['upcycle']} --lr {spec['lr']:g} "
-            f"--set top_k={spec['top_k']}{overrides} --out {name}")
+    options = "".join(f" --set {k}={v}" for k, v in model_settings(name).items())
+    options += "".join(f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size")
+                       if getattr(args, o) is not None)
+    return f"moe train --init MINILM --upcycle {spec['upcycle']} --lr {spec['lr']:g}{options} --out {name}"
 
 
 def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
@@ -155,7 +161,8 @@ def summarize(name: str, status: str, args) -> dict:
     test = json.loads(test_file.read_text()) if test_file.is_file() else {}
     weights = folder / "model.safetensors"
     return dict(
-        name=name, status=status, **RUNS[name], command=cli_command(name, args),
+        name=name, status=status, upcycle=RUNS[name]["upcycle"], lr=RUNS[name]["lr"],
+        model_settings=model_settings(name), command=cli_command(name, args),
         config=metrics.get("config"), train=metrics.get("train"),
         train_rows=metrics.get("train_rows"), val_rows=metrics.get("val_rows"),
         epochs=[{k: e[k] for k in ("epoch", "train_loss", "train_accuracy", "balance_loss",
@@ -174,15 +181,16 @@ def percent(x) -> str:
 
 def markdown(summary: dict) -> str:
     lines = [f"# Upcycling runs ({summary['device']}, {len(summary['runs'])} runs sharing it)", "",
-             "| run | method | lr | top-k | status | val acc % per epoch | best val % (epoch) | "
+             "| run | method | lr | settings | status | val acc % per epoch | best val % (epoch) | "
              "test % | max load / fair (test) | weights MB | s per epoch |",
-             "|---|---|---:|---:|---|---|---:|---:|---:|---:|---|"]
+             "|---|---|---:|---|---|---|---:|---:|---:|---:|---|"]
     for r in summary["runs"]:
         vals = " / ".join(percent(e["val_accuracy"]) for e in r["epochs"])
         secs = " / ".join(f"{e['seconds']:.0f}" for e in r["epochs"])
         load = "–" if r["test_max_load_over_fair_share"] is None else f"{r['test_max_load_over_fair_share']:.2f}"
         size = "–" if r["weights_bytes"] is None else f"{r['weights_bytes'] / 1e6:.1f}"
-        lines.append(f"| {r['name']} | {r['upcycle']} | {r['lr']:g} | {r['top_k']} | {r['status']} | {vals} | "
+        settings = ", ".join(f"{k} {v}" for k, v in r["model_settings"].items())
+        lines.append(f"| {r['name']} | {r['upcycle']} | {r['lr']:g} | {settings} | {r['status']} | {vals} | "
                      f"{percent(r['best_val_accuracy'])} ({r['best_epoch']}) | {percent(r['test_accuracy'])} | "
                      f"{load} | {size} | {secs} |")
     lines += ["", f"Selected by validation accuracy among runs with weights ≤ {WEIGHTS_BUDGET / 1e6:.0f} MB: "
