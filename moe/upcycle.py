@@ -56,7 +56,7 @@ from .routing import real_token_index
 from .tokenizer import PAD, configure
 
 METHODS = ("copy", "slice")
-CENTRING_TEXTS = 256      # training texts whose tokens give the mean router input
+CENTRING_TEXTS = 128      # training texts whose tokens give the mean router input
 CONFIG, WEIGHTS, WEIGHTS_INDEX, TOKENIZER = ("config.json", "model.safetensors",
                                              "model.safetensors.index.json", "tokenizer.json")
 
