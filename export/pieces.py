@@ -84,12 +84,30 @@ class ClassifierPiece(nn.Module):
         return self.classifier(x, mask)
 
 
+def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) -> Tuple[Tensor, Tensor]:
+    """Texts of different lengths, concatenated ([sum of lengths]), back to [B, T] with padding.
+
+    Row-major order of the kept positions is the order of concatenation, so one masked
+    scatter places every token."""
+    lengths = lengths.reshape(-1).to(torch.int64)
+    keep = torch.arange(int(lengths.max()), device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)
+    padded_ids = torch.full(keep.shape, pad_id, dtype=ids.dtype, device=ids.device).masked_scatter(keep, ids)
+    padded_mask = torch.zeros(keep.shape, dtype=torch.bool, device=ids.device).masked_scatter(keep, mask)
+    return padded_ids, padded_mask
+
+
 class FullModel(nn.Module):
+    """v2 over a ragged batch: Triton's dynamic batcher concatenates requests of any lengths
+    (each padded by the tokenizer to its own longest text) and gives each text's length (the
+    BATCH_ITEM_SHAPE batch input), so texts of different lengths share one forward pass."""
+
     def __init__(self, model: MoEClassifier):
         super().__init__()
         self.model = model
+        self.pad_id = model.cfg.pad_id
 
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        ids, mask = unflatten_ragged(ids, mask, lengths, self.pad_id)
         return self.model(ids, mask)
 
 
@@ -107,11 +125,21 @@ def build_pieces(model: MoEClassifier) -> dict:
     return {name: m.eval() for name, m in pieces.items()}
 
 
+def ragged(ids: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The texts of a padded batch concatenated without their padding, as Triton's ragged
+    batching hands them to full_model, with each text's length."""
+    lengths = mask.sum(1)
+    keep = torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return ids[keep], mask[keep], lengths.to(torch.int32).unsqueeze(1)
+
+
 def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
     """Realistic inputs for each piece, taken from an eager run on (ids, mask): used to check
     every TorchScript piece against its eager module before anything is written."""
     cfg = model.cfg
-    samples: dict = {"embedding": [(ids,)], "classifier": [], "full_model": [(ids, mask)],
+    lengths = torch.full((ids.shape[0], 1), ids.shape[1], dtype=torch.int32)
+    samples: dict = {"embedding": [(ids,)], "classifier": [],
+                     "full_model": [(ids.reshape(-1), mask.reshape(-1), lengths), ragged(ids, mask)],
                      "attention": [], "gating": []}
     for e in range(cfg.n_experts):
         samples[f"expert_{e}"] = []
@@ -121,7 +149,7 @@ def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
         for l, block in enumerate(model.blocks):
             layer = torch.tensor([l], dtype=torch.int64)
             samples["attention"].append((x, mask, layer))
-            x_attn, h = block.attention(x, mask)
+            _, h = block.attention(x, mask)
             h_real = h.reshape(-1, cfg.d_model).index_select(0, real)
             samples["gating"].append((h_real, layer))
             for e in range(cfg.n_experts):

@@ -17,40 +17,15 @@ import time
 
 import torch
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import from_dlpack, to_dlpack
 
 import moe_routing as routing
+from triton_io import error_responses, model_parameters, to_torch, to_triton
 
 STAGES = ("embedding", "attention", "gating", "experts", "classifier", "orchestration")
 
 
 class StepFailed(Exception):
     pass
-
-
-def to_triton(name: str, tensor: torch.Tensor) -> "pb_utils.Tensor":
-    tensor = tensor.contiguous()
-    if tensor.dtype == torch.bool:     # DLPack has no portable bool: go through numpy
-        return pb_utils.Tensor(name, tensor.numpy())
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor))
-
-
-def to_torch(tensor: "pb_utils.Tensor") -> torch.Tensor:
-    if tensor.is_cpu():
-        array = tensor.as_numpy()          # a view, no copy
-        if array.dtype == bool:
-            return torch.from_numpy(array.copy())
-        return from_dlpack(tensor.to_dlpack())
-    # Experts on several GPUs (`moe export --device cuda`) answer on their own devices; the
-    # orchestration (gather, combine) runs on the CPU, where this model's instance lives.
-    return from_dlpack(tensor.to_dlpack()).cpu()
-
-
-def error_responses(n: int, message: str, code=None):
-    # One TritonError per response: responses sharing an error object crash tritonserver 2.51.
-    code = pb_utils.TritonError.INTERNAL if code is None else code
-    return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
-            for _ in range(n)]
 
 
 def wants_expert_tokens(request) -> bool:
@@ -116,14 +91,17 @@ class RemoteExperts:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        p = model_parameters(args)
         self.n_layers = int(p["n_layers"])
         self.n_experts = int(p["n_experts"])
         self.experts = p["expert_models"].split(",")
         assert len(self.experts) == self.n_experts, "one expert model per expert"
         self.pad_id = int(p.get("pad_id", "0"))
         torch.set_num_threads(int(p.get("INTRA_OP_THREAD_COUNT", "1")))
+        if args["model_instance_kind"] == "GPU":
+            self.device = torch.device("cuda", int(args["model_instance_device_id"]))
+        else:
+            self.device = torch.device("cpu")
         self.layer_tensors = [torch.tensor([l], dtype=torch.int64) for l in range(self.n_layers)]
         endpoints = [u for u in os.environ.get("MOE_REMOTE_EXPERTS", "").split(",") if u]
         self.remote = RemoteExperts(endpoints, self.experts, float(p.get("remote_timeout_s", "30"))) if endpoints else None
@@ -155,7 +133,10 @@ class TritonPythonModel:
             raise StepFailed(f"{model}: {e}") from None
         if response.has_error():
             raise StepFailed(f"{model}: {response.error().message()}")
-        return [to_torch(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
+        # Pieces on other devices (experts spread over GPUs) answer there: orchestration runs
+        # where this instance lives.
+        return [to_torch(pb_utils.get_output_tensor_by_name(response, name)).to(self.device)
+                for name in outputs]
 
     async def call_expert(self, e: int, inputs):
         if self.remote is not None:
