@@ -158,13 +158,22 @@ def better(a: dict, b: dict) -> dict:
     return b if b["throughput"] > a["throughput"] else a
 
 
+# v1's pieces in the order a request meets them (the order of the breakdown's rows).
+PIPELINE = ("tokenizer", "embedding", "attention", "gating", "experts", "classifier", "orchestration",
+            "postprocessing")
+
+
 def stage_models(stages: list[str], models: list[str]) -> dict[str, list[str]]:
-    """v1's stages (the BLS's counter labels) -> the Triton models behind each, in order."""
+    """v1's stages (the BLS's counter labels; "a+b" calls the models a and b) -> the Triton
+    models behind each, in pipeline order, tokenizer first and post-processing last."""
     experts = sorted((m for m in models if m.startswith("expert_")), key=lambda m: int(m.split("_")[1]))
-    table = {"tokenizer": ["tokenizer"]}
-    for s in stages:
+
+    def position(stage):
+        return min((PIPELINE.index(p) for p in stage.split("+") if p in PIPELINE), default=len(PIPELINE))
+
+    table = {}
+    for s in sorted(["tokenizer", *stages, "postprocessing"], key=position):
         table[s] = experts if s == "experts" else [] if s == "orchestration" else s.split("+")
-    table["postprocessing"] = ["postprocessing"]
     return table
 
 

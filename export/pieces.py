@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from moe.model import MoEClassifier
+from moe.routing import real_token_index, real_tokens
 
 
 def _layer(layer: Tensor, n_layers: int) -> int:
@@ -44,17 +45,21 @@ class AttentionPiece(nn.Module):
 
 
 class GatingPiece(nn.Module):
+    """Router of one layer over the real tokens of a padded batch, as the eager block routes
+    them: it takes the attention piece's h [B, T, D] as it is, so the two run as one ensemble."""
+
     def __init__(self, model: MoEClassifier):
         super().__init__()
         self.layers = nn.ModuleList([b.moe.router for b in model.blocks])
         self.n_layers = len(self.layers)
 
-    def forward(self, h: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, mask: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
         index = _layer(layer, self.n_layers)
+        h_real = real_tokens(h, real_token_index(mask))
         ids, weights = torch.empty(0), torch.empty(0)
         for i, router in enumerate(self.layers):
             if i == index:
-                ids, weights, _ = router(h)
+                ids, weights, _ = router(h_real)
         return ids, weights
 
 
@@ -145,13 +150,13 @@ def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
         samples[f"expert_{e}"] = []
     with torch.no_grad():
         x = model.embedding(ids)
-        real = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        real = real_token_index(mask)
         for l, block in enumerate(model.blocks):
             layer = torch.tensor([l], dtype=torch.int64)
             samples["attention"].append((x, mask, layer))
             _, h = block.attention(x, mask)
-            h_real = h.reshape(-1, cfg.d_model).index_select(0, real)
-            samples["gating"].append((h_real, layer))
+            h_real = real_tokens(h, real)
+            samples["gating"].append((h, mask, layer))
             for e in range(cfg.n_experts):
                 samples[f"expert_{e}"].append((h_real[e::cfg.n_experts], layer))
             x, _, _ = block(x, mask, real)

@@ -60,6 +60,10 @@ class ExportOptions:
     queue_delay_us: int = 0
     max_queue_size: int = 256         # per entry model; beyond it requests are rejected at once
     queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
+    # Where v1's orchestration runs: "auto" is where the pieces are (with --device cuda the BLS
+    # keeps activations on GPU 0); "cpu" keeps it on the CPU whatever the pieces' device, so
+    # every layer's activations cross to the host and back (kept to measure what that costs).
+    bls_device: str = "auto"
 
 
 def sha256(path: Path) -> str:
@@ -68,6 +72,12 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# Every TorchScript model runs on the legacy graph executor: the default profiling executor
+# re-specialises the graph for each new input shape it sees, and with texts of every length that
+# meant requests stalling for half a second at random.
+LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_value: "false" } }'
 
 
 def pbtxt_string(value: str) -> str:
@@ -122,6 +132,8 @@ def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
                       opts: ExportOptions = ExportOptions(), progress: bool = True, log=print) -> Path:
     if opts.device not in ("cpu", "cuda"):
         raise MoEError(f"--device must be cpu or cuda, got {opts.device!r}")
+    if opts.bls_device not in ("auto", "cpu"):
+        raise MoEError(f"--bls-device must be auto or cpu, got {opts.bls_device!r}")
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
@@ -156,7 +168,8 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         n_classes=cfg.n_classes, pad_id=cfg.pad_id,
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))), expert_models=",".join(experts),
         max_text_chars=cfg.max_len * 64, pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
-        instance_group=instance_group(opts))
+        instance_group=instance_group(opts), libtorch_parameters=LIBTORCH_PARAMETERS,
+        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else ExportOptions()))
 
     def write_model(name: str, template: str, extra: dict | None = None):
         source, folder = MODEL_TEMPLATES / template, models / name
@@ -179,6 +192,8 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
     bls = write_model("moe_bls", "moe_bls")
     (bls / "1" / "moe_routing.py").write_bytes(ROUTING_SOURCE.read_bytes())
     write_model("postprocessing", "postprocessing")
+    for name in ("attention_gating", "embedding_attention_gating"):   # v1's chained pieces
+        write_model(name, name)
     for name in ("moe_v1", "moe_v2"):
         folder = ensembles / name
         (folder / "1").mkdir(parents=True)   # ensembles need an (empty) version folder

@@ -106,19 +106,21 @@ def eval_(checkpoint, data, split, as_json, batch_size):
 @click.option("--out", type=click.Path(path_type=Path), help="default: build/ in the working directory")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--gpus", type=int, default=None, help="GPUs to spread experts over (default: all visible)")
+@click.option("--bls-device", type=click.Choice(["auto", "cpu"]), default="auto", show_default=True,
+              help="where v1's BLS runs: auto = with the pieces; cpu = on the CPU whatever their device")
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
 @click.option("--max-queue-size", type=int, default=256, show_default=True,
               help="requests an entry model queues before it rejects new ones")
 @click.option("--queue-timeout-ms", type=int, default=10_000, show_default=True,
               help="a request queued longer than this is rejected (clients may ask for less)")
 @friendly_errors
-def export_(checkpoint, out, device, gpus, max_batch_size, max_queue_size, queue_timeout_ms):
+def export_(checkpoint, out, device, gpus, bls_device, max_batch_size, max_queue_size, queue_timeout_ms):
     """Export CHECKPOINT (default: the bundled one) to a Triton model repository."""
     from export.repository import DEFAULT_OUT, ExportOptions, export_repository
     if gpus is None:
         import torch
         gpus = max(1, torch.cuda.device_count()) if device == "cuda" else 1
-    opts = ExportOptions(device=device, gpus=gpus, max_batch_size=max_batch_size,
+    opts = ExportOptions(device=device, gpus=gpus, bls_device=bls_device, max_batch_size=max_batch_size,
                          max_queue_size=max_queue_size,
                          queue_timeout_us=queue_timeout_ms * 1000)
     export_repository(checkpoint, out or DEFAULT_OUT, opts, log=click.echo)

@@ -2,7 +2,7 @@
 and torch <-> Triton tensors without copies. `moe export` copies this file next to each
 Python model's model.py (Triton puts that folder on the model's import path).
 
-torch is imported only by the functions that convert tensors, so a model that needs none (the
+torch is imported only by the function that needs it, so a model that converts no tensors (the
 tokenizer, post-processing) does not load it.
 """
 import json
@@ -28,21 +28,12 @@ def error_responses(n: int, message: str, code=None) -> list:
 
 
 def to_triton(name: str, tensor):
-    """A torch tensor (CPU or GPU) as a Triton tensor, sharing its memory through DLPack."""
-    import torch
-    from torch.utils.dlpack import to_dlpack
-    tensor = tensor.contiguous()
-    if tensor.dtype == torch.bool:     # DLPack has no portable bool: go through numpy
-        return pb_utils.Tensor(name, tensor.cpu().numpy())
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor))
+    """A torch tensor (CPU or GPU) as a Triton tensor, sharing its memory through DLPack. Given
+    the tensor itself, pb_utils has a CUDA tensor's pending work finished before handing it on."""
+    return pb_utils.Tensor.from_dlpack(name, tensor.contiguous())
 
 
 def to_torch(tensor):
     """A Triton tensor as a torch tensor on the device it is on, sharing its memory."""
-    import torch
     from torch.utils.dlpack import from_dlpack
-    if tensor.is_cpu():
-        array = tensor.as_numpy()          # a view, no copy
-        if array.dtype == bool:
-            return torch.from_numpy(array.copy())
     return from_dlpack(tensor.to_dlpack())

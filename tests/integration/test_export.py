@@ -23,4 +23,10 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         config = (out / "model_repository" / f"expert_{e}" / "config.pbtxt").read_text()
         assert f"kind: KIND_GPU gpus: [ {e % 3} ]" in config, config
     assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "attention" / "config.pbtxt").read_text()
-    assert "KIND_CPU" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.
+    assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    for name in ("tokenizer", "postprocessing"):
+        assert "KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text()
+    on_cpu = export_repository(tiny_checkpoint, tmp_path / "gpu-bls-cpu", ExportOptions(device="cuda", bls_device="cpu"),
+                               progress=False, log=lambda *_: None)
+    assert "KIND_CPU" in (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()

@@ -12,7 +12,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.repository import check_parity, export_repository
+from export.repository import export_repository
 from moe.checkpoint import load_checkpoint
 from moe.data import load_split
 from moe.errors import MoEError
@@ -21,7 +21,8 @@ from moe.tokenizer import encode, load_fast_tokenizer
 from ..conftest import ADMIN_KEY, start_server
 
 MODELS = ["tokenizer", "embedding", "attention", "gating", *[f"expert_{e}" for e in range(8)],
-          "classifier", "moe_bls", "full_model", "postprocessing", "moe_v1", "moe_v2"]
+          "classifier", "attention_gating", "embedding_attention_gating", "moe_bls", "full_model",
+          "postprocessing", "moe_v1", "moe_v2"]
 
 
 def text_input(texts, module=httpclient):
