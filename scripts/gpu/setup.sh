@@ -14,4 +14,5 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 dpkg -x "$CARRY"/rapidjson-dev_*.deb /
 export PYTHONPATH="$MOE_GPU_HOME/numpy1:$MOE_GPU_HOME/site:$MOE_GPU_HOME/server:$PWD:$PWD/client${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+[ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"
 python3 -m serving.pytorch_backend --gpu
