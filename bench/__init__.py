@@ -1,0 +1,1 @@
+"""Benchmarks and load tools: `moe bench`, `moe loadtest` and the GPU MoE-layer microbenchmark."""

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from moe.model import MoEClassifier
+from moe.routing import real_token_index, real_tokens
 
 
 def _layer(layer: Tensor, n_layers: int) -> int:
@@ -44,17 +45,21 @@ class AttentionPiece(nn.Module):
 
 
 class GatingPiece(nn.Module):
+    """Router of one layer over the real tokens of a padded batch, as the eager block routes
+    them: it takes the attention piece's h [B, T, D] as it is, so the two run as one ensemble."""
+
     def __init__(self, model: MoEClassifier):
         super().__init__()
         self.layers = nn.ModuleList([b.moe.router for b in model.blocks])
         self.n_layers = len(self.layers)
 
-    def forward(self, h: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, mask: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
         index = _layer(layer, self.n_layers)
+        h_real = real_tokens(h, real_token_index(mask))
         ids, weights = torch.empty(0), torch.empty(0)
         for i, router in enumerate(self.layers):
             if i == index:
-                ids, weights, _ = router(h)
+                ids, weights, _ = router(h_real)
         return ids, weights
 
 
@@ -84,12 +89,30 @@ class ClassifierPiece(nn.Module):
         return self.classifier(x, mask)
 
 
+def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) -> Tuple[Tensor, Tensor]:
+    """Texts of different lengths, concatenated ([sum of lengths]), back to [B, T] with padding.
+
+    Row-major order of the kept positions is the order of concatenation, so one masked
+    scatter places every token."""
+    lengths = lengths.reshape(-1).to(torch.int64)
+    keep = torch.arange(int(lengths.max()), device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)
+    padded_ids = torch.full(keep.shape, pad_id, dtype=ids.dtype, device=ids.device).masked_scatter(keep, ids)
+    padded_mask = torch.zeros(keep.shape, dtype=torch.bool, device=ids.device).masked_scatter(keep, mask)
+    return padded_ids, padded_mask
+
+
 class FullModel(nn.Module):
+    """v2 over a ragged batch: Triton's dynamic batcher concatenates requests of any lengths
+    (each padded by the tokenizer to its own longest text) and gives each text's length (the
+    BATCH_ITEM_SHAPE batch input), so texts of different lengths share one forward pass."""
+
     def __init__(self, model: MoEClassifier):
         super().__init__()
         self.model = model
+        self.pad_id = model.cfg.pad_id
 
-    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+        ids, mask = unflatten_ragged(ids, mask, lengths, self.pad_id)
         return self.model(ids, mask)
 
 
@@ -107,23 +130,33 @@ def build_pieces(model: MoEClassifier) -> dict:
     return {name: m.eval() for name, m in pieces.items()}
 
 
+def ragged(ids: Tensor, mask: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The texts of a padded batch concatenated without their padding, as Triton's ragged
+    batching hands them to full_model, with each text's length."""
+    lengths = mask.sum(1)
+    keep = torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return ids[keep], mask[keep], lengths.to(torch.int32).unsqueeze(1)
+
+
 def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
     """Realistic inputs for each piece, taken from an eager run on (ids, mask): used to check
     every TorchScript piece against its eager module before anything is written."""
     cfg = model.cfg
-    samples: dict = {"embedding": [(ids,)], "classifier": [], "full_model": [(ids, mask)],
+    lengths = torch.full((ids.shape[0], 1), ids.shape[1], dtype=torch.int32)
+    samples: dict = {"embedding": [(ids,)], "classifier": [],
+                     "full_model": [(ids.reshape(-1), mask.reshape(-1), lengths), ragged(ids, mask)],
                      "attention": [], "gating": []}
     for e in range(cfg.n_experts):
         samples[f"expert_{e}"] = []
     with torch.no_grad():
         x = model.embedding(ids)
-        real = torch.nonzero(mask.reshape(-1)).squeeze(1)
+        real = real_token_index(mask)
         for l, block in enumerate(model.blocks):
             layer = torch.tensor([l], dtype=torch.int64)
             samples["attention"].append((x, mask, layer))
-            x_attn, h = block.attention(x, mask)
-            h_real = h.reshape(-1, cfg.d_model).index_select(0, real)
-            samples["gating"].append((h_real, layer))
+            _, h = block.attention(x, mask)
+            h_real = real_tokens(h, real)
+            samples["gating"].append((h, mask, layer))
             for e in range(cfg.n_experts):
                 samples[f"expert_{e}"].append((h_real[e::cfg.n_experts], layer))
             x, _, _ = block(x, mask, real)

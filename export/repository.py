@@ -5,8 +5,9 @@ Layout written under OUT (default build/):
     OUT/ensemble/moe_v1, moe_v2     (a second --model-repository for tritonserver)
     OUT/manifest.json               (what was exported from where)
 
-Config templates and Python models are the folders of model_repository/ and ensemble/ in the
-source tree; ${placeholders} are filled from the checkpoint's config and the export options.
+Config templates and Python models are the folders of the repository's model_repository/ and
+ensemble/, which travel inside this package (export/templates/); ${placeholders} are filled
+from the checkpoint's config and the export options.
 """
 from __future__ import annotations
 
@@ -14,23 +15,29 @@ import hashlib
 import json
 import shutil
 import string
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
 
-from moe.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint
+from moe.checkpoint import TOKENIZER, WEIGHTS, load_checkpoint, resolve
 from moe.errors import MoEError
 from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
 from .pieces import build_pieces, sample_inputs
 
-SOURCE_ROOT = Path(__file__).resolve().parent.parent
-MODEL_TEMPLATES = SOURCE_ROOT / "model_repository"
-ENSEMBLE_TEMPLATES = SOURCE_ROOT / "ensemble"
-ROUTING_SOURCE = SOURCE_ROOT / "moe" / "routing.py"
-DEFAULT_OUT = SOURCE_ROOT / "build"
+TEMPLATES = resources.files("export") / "templates"
+MODEL_TEMPLATES = TEMPLATES / "model_repository"
+ENSEMBLE_TEMPLATES = TEMPLATES / "ensemble"
+# Python modules copied next to the Python models that use them: the routing math the eager
+# model runs, and the tensor and error helpers every Python model shares.
+ROUTING_SOURCE = resources.files("moe") / "routing.py"
+SHARED_PYTHON = MODEL_TEMPLATES / "lib" / "triton_io.py"
+PYTHON_MODELS = ("tokenizer", "moe_bls", "postprocessing")
+DEFAULT_OUT = Path("build")
+MANIFEST = "manifest.json"
 TOLERANCE = 1e-5
 
 # Texts whose routed tokens exercise every piece during the parity check.
@@ -49,13 +56,14 @@ PARITY_TEXTS = [
 class ExportOptions:
     device: str = "cpu"               # cpu | cuda
     gpus: int = 1                     # GPUs to spread experts over with --device cuda
-    backend: str = "torchscript"      # torchscript (here) | pytorch (NVIDIA's libtorch backend)
     max_batch_size: int = 64
     queue_delay_us: int = 0
     max_queue_size: int = 256         # per entry model; beyond it requests are rejected at once
     queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
-    threads: int = 1                  # intra-op threads per TorchScript model instance
-    full_model_threads: int = 1       # 2 cores shared with the other processes: 1 measured best
+    # Where v1's orchestration runs: "auto" is where the pieces are (with --device cuda the BLS
+    # keeps activations on GPU 0); "cpu" keeps it on the CPU whatever the pieces' device, so
+    # every layer's activations cross to the host and back (kept to measure what that costs).
+    bls_device: str = "auto"
 
 
 def sha256(path: Path) -> str:
@@ -64,6 +72,12 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# Every TorchScript model runs on the legacy graph executor: the default profiling executor
+# re-specialises the graph for each new input shape it sees, and with texts of every length that
+# meant requests stalling for half a second at random.
+LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_value: "false" } }'
 
 
 def pbtxt_string(value: str) -> str:
@@ -76,14 +90,7 @@ def instance_group(opts: ExportOptions, gpu: int = 0) -> str:
     return "{ count: 1 kind: KIND_CPU }"
 
 
-def torch_parameters(threads: int, pad_ragged: bool = False) -> str:
-    params = [("INTRA_OP_THREAD_COUNT", threads), ("INTER_OP_THREAD_COUNT", 1)]
-    if pad_ragged:
-        params.append(("PAD_RAGGED", "true"))
-    return "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in params)
-
-
-def fill(template: Path, values: dict) -> str:
+def fill(template, values: dict) -> str:
     try:
         return string.Template(template.read_text()).substitute(values)
     except KeyError as e:
@@ -109,21 +116,24 @@ def check_parity(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptMo
     return worst
 
 
+def read_manifest(out: Path) -> dict | None:
+    """What `moe export` wrote into `out` (None if it is no export folder)."""
+    manifest = Path(out) / MANIFEST
+    return json.loads(manifest.read_text()) if manifest.is_file() else None
+
+
 def is_current(out: Path, checkpoint: Path | None) -> bool:
     """Whether `out` holds an export of these very weights (serve re-exports otherwise)."""
-    from moe.checkpoint import resolve
-    manifest = Path(out) / "manifest.json"
-    if not manifest.is_file():
-        return False
-    return json.loads(manifest.read_text()).get("weights_sha256") == sha256(resolve(checkpoint) / WEIGHTS)
+    manifest = read_manifest(out)
+    return manifest is not None and manifest.get("weights_sha256") == sha256(resolve(checkpoint) / WEIGHTS)
 
 
 def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
                       opts: ExportOptions = ExportOptions(), progress: bool = True, log=print) -> Path:
     if opts.device not in ("cpu", "cuda"):
         raise MoEError(f"--device must be cpu or cuda, got {opts.device!r}")
-    if opts.backend not in ("torchscript", "pytorch"):
-        raise MoEError(f"--backend must be torchscript or pytorch, got {opts.backend!r}")
+    if opts.bls_device not in ("auto", "cpu"):
+        raise MoEError(f"--bls-device must be auto or cpu, got {opts.bls_device!r}")
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
@@ -155,44 +165,43 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         max_batch_size=opts.max_batch_size, queue_delay_us=opts.queue_delay_us,
         max_queue_size=opts.max_queue_size, queue_timeout_us=opts.queue_timeout_us,
         d_model=cfg.d_model, n_layers=cfg.n_layers, n_experts=cfg.n_experts, top_k=cfg.top_k,
-        n_classes=cfg.n_classes, pad_id=cfg.pad_id, torchscript_backend=opts.backend,
+        n_classes=cfg.n_classes, pad_id=cfg.pad_id,
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))), expert_models=",".join(experts),
         max_text_chars=cfg.max_len * 64, pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
-        instance_group=instance_group(opts), torch_parameters=torch_parameters(opts.threads), ragged="")
+        instance_group=instance_group(opts), libtorch_parameters=LIBTORCH_PARAMETERS,
+        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else ExportOptions()))
 
-    def write_model(name: str, template_dir: Path, extra: dict | None = None) -> Path:
-        folder = models / name
+    def write_model(name: str, template: str, extra: dict | None = None):
+        source, folder = MODEL_TEMPLATES / template, models / name
         (folder / "1").mkdir(parents=True)
-        (folder / "config.pbtxt").write_text(fill(template_dir / "config.pbtxt", {**values, **(extra or {})}))
-        for f in (template_dir / "1").glob("*.py") if (template_dir / "1").is_dir() else []:
-            shutil.copy2(f, folder / "1" / f.name)
+        (folder / "config.pbtxt").write_text(fill(source / "config.pbtxt", {**values, **(extra or {})}))
+        if name in PYTHON_MODELS:
+            for f in [*(source / "1").iterdir(), SHARED_PYTHON]:
+                if f.name.endswith(".py"):
+                    (folder / "1" / f.name).write_bytes(f.read_bytes())
         if name in scripted:
             torch.jit.save(scripted[name], str(folder / "1" / "model.pt"))
         return folder
 
-    for name in ("embedding", "attention", "gating", "classifier"):
-        write_model(name, MODEL_TEMPLATES / name)
-    # Our torchscript backend pads ragged batches; NVIDIA's libtorch backend cannot.
-    ragged = opts.backend == "torchscript"
-    write_model("full_model", MODEL_TEMPLATES / "full_model",
-                dict(torch_parameters=torch_parameters(opts.full_model_threads, pad_ragged=ragged),
-                     ragged="allow_ragged_batch: true" if ragged else ""))
+    for name in ("embedding", "attention", "gating", "classifier", "full_model"):
+        write_model(name, name)
     for e, name in enumerate(experts):
-        write_model(name, MODEL_TEMPLATES / "expert",
-                    dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))
-    tok = write_model("tokenizer", MODEL_TEMPLATES / "tokenizer")
-    shutil.copy2(ckpt / TOKENIZER, tok / "1" / TOKENIZER)
-    bls = write_model("moe_bls", MODEL_TEMPLATES / "moe_bls")
-    shutil.copy2(ROUTING_SOURCE, bls / "1" / "moe_routing.py")
-    write_model("postprocessing", MODEL_TEMPLATES / "postprocessing")
+        write_model(name, "expert", dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))
+    tokenizer = write_model("tokenizer", "tokenizer")
+    shutil.copy2(ckpt / TOKENIZER, tokenizer / "1" / TOKENIZER)
+    bls = write_model("moe_bls", "moe_bls")
+    (bls / "1" / "moe_routing.py").write_bytes(ROUTING_SOURCE.read_bytes())
+    write_model("postprocessing", "postprocessing")
+    for name in ("attention_gating", "embedding_attention_gating"):   # v1's chained pieces
+        write_model(name, name)
     for name in ("moe_v1", "moe_v2"):
         folder = ensembles / name
         (folder / "1").mkdir(parents=True)   # ensembles need an (empty) version folder
         (folder / "config.pbtxt").write_text(fill(ENSEMBLE_TEMPLATES / name / "config.pbtxt", values))
 
     manifest = dict(checkpoint=str(ckpt), weights_sha256=sha256(ckpt / WEIGHTS),
-                    config=cfg.to_dict(), options=opts.__dict__,
+                    config=cfg.to_dict(), options=asdict(opts),
                     models=sorted(p.name for p in models.iterdir()),
                     ensembles=sorted(p.name for p in ensembles.iterdir()))
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

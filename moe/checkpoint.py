@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -17,8 +18,8 @@ from .model import MoEClassifier
 WEIGHTS, CONFIG, TOKENIZER, METRICS = "model.safetensors", "config.json", "tokenizer.json", "metrics.json"
 REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
 
-# The checkpoint shipped in the repository (issue 8); commands default to it.
-BUNDLED = Path(__file__).resolve().parent.parent / "checkpoints" / "agnews-moe-small"
+# The checkpoint shipped with the package (the repository's checkpoints/); commands default to it.
+BUNDLED = Path(str(resources.files("moe") / "checkpoints" / "agnews-moe-small"))
 
 
 def save_checkpoint(out: Path, model: MoEClassifier, tokenizer_json: str, metrics: dict,
@@ -77,8 +78,3 @@ def load_checkpoint(path: Path | None = None) -> tuple[MoEClassifier, Path]:
                            f"implies {tuple(tensor.shape)}: checkpoint from another config?")
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), path
-
-
-def read_metrics(path: Path) -> dict:
-    f = Path(path) / METRICS
-    return json.loads(f.read_text()) if f.is_file() else {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,10 @@ from pathlib import Path
 from .errors import MoEError
 
 HUB_NAME = "ag_news"
+# The AG News folder the commands read by default: $MOE_DATA, else ../shared/data/ag_news beside
+# the checkout (where this project's machines keep it).
+DEFAULT_DATA = Path(os.environ.get("MOE_DATA")
+                    or Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ag_news")
 
 
 @dataclass
@@ -62,8 +67,8 @@ def load_split(source: str | Path, split: str) -> Split:
         return _load_from_hub(split)
     folder = Path(source)
     if not folder.is_dir():
-        raise MoEError(f"data folder not found: {folder} (expected train.csv and test.csv there, "
-                       f"or --data hub)")
+        raise MoEError(f"data folder not found: {folder} (expected train.csv and test.csv there; "
+                       f"give --data FOLDER, set MOE_DATA, or --data hub)")
     return read_csv(folder / f"{split}.csv")
 
 

@@ -55,6 +55,11 @@ def real_token_index(mask: Tensor) -> Tensor:
     return torch.nonzero(mask.reshape(-1)).squeeze(1)
 
 
+def real_tokens(h: Tensor, real_index: Tensor) -> Tensor:
+    """The rows of h [B, T, D] at the real positions, [N, D] in row-major order."""
+    return h.reshape(-1, h.shape[-1]).index_select(0, real_index)
+
+
 def balance_loss(router_logits: Tensor, expert_ids: Tensor, n_experts: int) -> Tensor:
     """Switch-Transformer load-balancing loss E * sum_i f_i * P_i over real tokens.
 

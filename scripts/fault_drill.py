@@ -1,6 +1,6 @@
 """Kill a model's Python stub under steady v1 and v2 traffic and record what clients see.
 
-    .venv/bin/python scripts/fault_drill.py [--repository build] [--victims expert_3,tokenizer]
+    .venv/bin/python scripts/fault_drill.py [--repository build] [--victims moe_bls,tokenizer]
 
 For each victim: a fresh server, 4 client threads (2 on moe_v1, 2 on moe_v2) sending batches of
 8 real texts for `--seconds`, the victim's stub SIGKILLed after 3 s. Prints (and writes with
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from moe.data import load_split  # noqa: E402
-from moe.serve import DEFAULT_BUILD, ServerOptions, TritonServer, free_ports  # noqa: E402
+from export.repository import DEFAULT_OUT
+from moe.data import DEFAULT_DATA, load_split
+from serving.server import ServerOptions, TritonServer, free_ports
 
 
 def drill(repository: Path, victim: str, texts: list[str], seconds: float) -> dict:
@@ -79,9 +79,9 @@ def drill(repository: Path, victim: str, texts: list[str], seconds: float) -> di
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repository", type=Path, default=DEFAULT_BUILD)
-    parser.add_argument("--data", default="../shared/data/ag_news")
-    parser.add_argument("--victims", default="expert_3,tokenizer")
+    parser.add_argument("--repository", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--victims", default="moe_bls,tokenizer")
     parser.add_argument("--seconds", type=float, default=12.0, help="traffic after the kill")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()

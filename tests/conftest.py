@@ -1,3 +1,6 @@
+"""Fixtures of both layers. tests/unit: no server, no training, well under a minute;
+tests/integration: real tritonserver processes on free loopback ports, a tiny model trained on
+AG News rows. `pytest -m unit` / `pytest -m integration` (or the folder) runs one layer."""
 import os
 import subprocess
 import sys
@@ -6,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe.serve import free_ports  # noqa: F401 - tests import it from here
+from serving.server import free_ports
 
 # Two cores shared with tritonserver's processes: OpenMP threads spinning against each other
 # slow in-process training by 10x or more, so the test process uses one.
@@ -14,6 +17,12 @@ torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MOE_DATA", ROOT.parent / "shared" / "data" / "ag_news"))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        layer = Path(str(item.fspath)).relative_to(ROOT / "tests").parts[0]
+        item.add_marker(getattr(pytest.mark, layer))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +44,7 @@ def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
 
 
 def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "moe.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, **kw)
 
 
@@ -52,7 +61,7 @@ ADMIN_KEY = "test-admin-key"
 
 
 def start_server(repository: Path, **kw):
-    from moe.serve import ServerOptions, TritonServer
+    from serving.server import ServerOptions, TritonServer
     http_port, grpc_port, metrics_port = free_ports(3)
     server = TritonServer(ServerOptions(repository=repository, http_port=http_port,
                                         grpc_port=grpc_port, metrics_port=metrics_port, **kw))

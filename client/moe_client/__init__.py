@@ -4,10 +4,11 @@
     with MoEClient("localhost:8000") as client:
         print(client.classify("Stocks rallied after the earnings report").label)
 """
-from ._core import (AccessDenied, InvalidInput, ModelInfo, ModelNotReady, MoEClientError,
+from ._core import (ADMIN_HEADER, AccessDenied, InvalidInput, ModelInfo, ModelNotReady, MoEClientError,
                     Prediction, RequestTimeout, ServerUnreachable)
 from .aio import AsyncMoEClient
 from .client import MoEClient
 
 __all__ = ["MoEClient", "AsyncMoEClient", "Prediction", "ModelInfo", "MoEClientError",
-           "ServerUnreachable", "ModelNotReady", "InvalidInput", "RequestTimeout", "AccessDenied"]
+           "ServerUnreachable", "ModelNotReady", "InvalidInput", "RequestTimeout", "AccessDenied",
+           "ADMIN_HEADER"]

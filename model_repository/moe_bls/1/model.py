@@ -1,10 +1,21 @@
 """v1: the MoE forward pass orchestrated over separate Triton models (BLS).
 
-    embedding -> for each layer: attention -> gating -> the busy experts, concurrently,
-    each with only its own tokens -> weighted combine -> ... -> classifier
+    layer 0:  embedding_attention_gating   (embedding -> attention -> gating, one ensemble)
+    layer l:  attention_gating             (attention -> gating, one ensemble)
+              then the busy experts, concurrently, each with only its own tokens,
+              and the weighted combine
+    then:     classifier
 
-Grouping tokens by expert and adding the weighted outputs back use moe_routing.py, a copy of
-the package's moe/routing.py made by `moe export`: the same code the eager model runs.
+The pieces that follow each other without Python in between run as ensembles inside the server,
+so each layer costs this model two round trips: one for attention and routing, one (concurrent)
+for its experts. Grouping tokens by expert and adding the weighted outputs back use
+moe_routing.py, a copy of the package's moe/routing.py made by `moe export`: the same code the
+eager model runs.
+
+Where the activations live is this instance's device: on a GPU (`moe export --device cuda`) they
+stay there from the first piece to the classifier, pass between this process and the server as
+CUDA memory (DLPack), and the routing math runs there too; the host waits only for each layer's
+per-expert token counts and, once, for the logits. On the CPU the same code runs on the CPU.
 
 Experts are local Triton models, or live on other Triton servers: `moe serve --experts-at
 HOST:PORT,...` sets MOE_REMOTE_EXPERTS, and each listed server's expert_N models are then called
@@ -13,44 +24,24 @@ over gRPC.
 import asyncio
 import json
 import os
+import threading
 import time
 
 import torch
 import triton_python_backend_utils as pb_utils
-from torch.utils.dlpack import from_dlpack, to_dlpack
 
 import moe_routing as routing
+from triton_io import error_responses, model_parameters, to_torch, to_triton
 
-STAGES = ("embedding", "attention", "gating", "experts", "classifier", "orchestration")
+# BLS stages as the Prometheus counter labels them; a stage calls the models its name joins.
+FIRST_LAYER, LAYER, EXPERTS, CLASSIFIER, ORCHESTRATION = (
+    "embedding+attention+gating", "attention+gating", "experts", "classifier", "orchestration")
+STAGES = (FIRST_LAYER, LAYER, EXPERTS, CLASSIFIER, ORCHESTRATION)
+FRONT_OUTPUTS = ["X_OUT", "H", "EXPERT_IDS", "EXPERT_WEIGHTS"]
 
 
 class StepFailed(Exception):
     pass
-
-
-def to_triton(name: str, tensor: torch.Tensor) -> "pb_utils.Tensor":
-    tensor = tensor.contiguous()
-    if tensor.dtype == torch.bool:     # DLPack has no portable bool: go through numpy
-        return pb_utils.Tensor(name, tensor.numpy())
-    return pb_utils.Tensor.from_dlpack(name, to_dlpack(tensor))
-
-
-def to_torch(tensor: "pb_utils.Tensor") -> torch.Tensor:
-    if tensor.is_cpu():
-        array = tensor.as_numpy()          # a view, no copy
-        if array.dtype == bool:
-            return torch.from_numpy(array.copy())
-        return from_dlpack(tensor.to_dlpack())
-    # Experts on several GPUs (`moe export --device cuda`) answer on their own devices; the
-    # orchestration (gather, combine) runs on the CPU, where this model's instance lives.
-    return from_dlpack(tensor.to_dlpack()).cpu()
-
-
-def error_responses(n: int, message: str, code=None):
-    # One TritonError per response: responses sharing an error object crash tritonserver 2.51.
-    code = pb_utils.TritonError.INTERNAL if code is None else code
-    return [pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
-            for _ in range(n)]
 
 
 def wants_expert_tokens(request) -> bool:
@@ -61,6 +52,76 @@ def wants_expert_tokens(request) -> bool:
     """
     value = json.loads(request.parameters() or "{}").get("expert_tokens", False)
     return value is True or str(value).lower() in ("true", "1")
+
+
+class Counters:
+    """The Prometheus counters of this model, updated by a thread of their own: each increment
+    is a round trip to the server process, and a batch touches up to layers x experts + 6
+    counters, so they are summed here and sent after the responses, not before."""
+
+    def __init__(self, n_layers: int, n_experts: int, interval_s: float = 0.05):
+        tokens = pb_utils.MetricFamily(
+            name="moe_expert_tokens_total", kind=pb_utils.MetricFamily.COUNTER,
+            description="Tokens routed to each expert of each layer by moe_bls (v1)")
+        stage = pb_utils.MetricFamily(
+            name="moe_bls_stage_duration_us", kind=pb_utils.MetricFamily.COUNTER,
+            description="Cumulative wall time of moe_bls (v1) batches per stage, microseconds")
+        batches = pb_utils.MetricFamily(
+            name="moe_bls_batches_total", kind=pb_utils.MetricFamily.COUNTER,
+            description="Batches run by moe_bls (v1)")
+        self._families = (tokens, stage, batches)   # families must outlive their metrics
+        self.tokens = [[tokens.Metric(labels={"layer": str(l), "expert": str(e)}) for e in range(n_experts)]
+                       for l in range(n_layers)]
+        self.stages = {s: stage.Metric(labels={"stage": s}) for s in STAGES}
+        self.batches = batches.Metric(labels={})
+        self._pending_tokens = [[0] * n_experts for _ in range(n_layers)]
+        self._pending_us = dict.fromkeys(STAGES, 0.0)
+        self._pending_batches = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = False
+        self._interval_s = interval_s
+        self._thread = threading.Thread(target=self._run, name="moe-bls-counters", daemon=True)
+        self._thread.start()
+
+    def record(self, tokens: list, seconds: dict) -> None:
+        """tokens[l][e]: routed to expert e of layer l in one batch; seconds per stage."""
+        with self._lock:
+            for pending, layer in zip(self._pending_tokens, tokens):
+                for e, n in enumerate(layer):
+                    pending[e] += n
+            for stage, s in seconds.items():
+                self._pending_us[stage] += s * 1e6
+            self._pending_batches += 1
+        self._wake.set()
+
+    def flush(self) -> None:
+        with self._lock:
+            tokens, self._pending_tokens = self._pending_tokens, [[0] * len(r) for r in self._pending_tokens]
+            stage_us, self._pending_us = self._pending_us, dict.fromkeys(STAGES, 0.0)
+            batches, self._pending_batches = self._pending_batches, 0
+        for metrics, counts in zip(self.tokens, tokens):
+            for metric, n in zip(metrics, counts):
+                if n:
+                    metric.increment(n)
+        for stage, us in stage_us.items():
+            if us:
+                self.stages[stage].increment(us)
+        if batches:
+            self.batches.increment(batches)
+
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self._interval_s)      # let a burst of batches add up first
+            self.flush()
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self.flush()
 
 
 class RemoteExperts:
@@ -77,7 +138,7 @@ class RemoteExperts:
                     if name not in self.where and client.is_model_ready(name):
                         self.where[name] = url
             except Exception as e:  # noqa: BLE001 - any failure means the server is unusable
-                raise pb_utils.TritonModelException(f"expert server {url} is unreachable: {e}")
+                raise pb_utils.TritonModelException(f"expert server {url} is unreachable: {e}") from None
             finally:
                 client.close()
         missing = [n for n in expert_names if n not in self.where]
@@ -98,7 +159,7 @@ class RemoteExperts:
         url = self.where[name]
         tensors = []
         for i, t in enumerate(inputs):
-            array = t.contiguous().numpy()
+            array = t.contiguous().cpu().numpy()
             tensors.append(grpc_sync.InferInput(f"INPUT__{i}", list(array.shape), np_to_triton_dtype(array.dtype)))
             tensors[-1].set_data_from_numpy(array)
         try:
@@ -116,51 +177,43 @@ class RemoteExperts:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        p = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        p = model_parameters(args)
         self.n_layers = int(p["n_layers"])
         self.n_experts = int(p["n_experts"])
         self.experts = p["expert_models"].split(",")
         assert len(self.experts) == self.n_experts, "one expert model per expert"
         self.pad_id = int(p.get("pad_id", "0"))
         torch.set_num_threads(int(p.get("INTRA_OP_THREAD_COUNT", "1")))
+        if args["model_instance_kind"] == "GPU":
+            self.device = torch.device("cuda", int(args["model_instance_device_id"]))
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
         self.layer_tensors = [torch.tensor([l], dtype=torch.int64) for l in range(self.n_layers)]
         endpoints = [u for u in os.environ.get("MOE_REMOTE_EXPERTS", "").split(",") if u]
         self.remote = RemoteExperts(endpoints, self.experts, float(p.get("remote_timeout_s", "30"))) if endpoints else None
-        self._init_metrics()
+        self.counters = Counters(self.n_layers, self.n_experts)
 
-    def _init_metrics(self):
-        tokens = pb_utils.MetricFamily(
-            name="moe_expert_tokens_total", kind=pb_utils.MetricFamily.COUNTER,
-            description="Tokens routed to each expert of each layer by moe_bls (v1)")
-        self.token_metrics = [[tokens.Metric(labels={"layer": str(l), "expert": str(e)})
-                               for e in range(self.n_experts)] for l in range(self.n_layers)]
-        stage = pb_utils.MetricFamily(
-            name="moe_bls_stage_duration_us", kind=pb_utils.MetricFamily.COUNTER,
-            description="Cumulative wall time of moe_bls (v1) batches per stage, microseconds")
-        self.stage_metrics = {s: stage.Metric(labels={"stage": s}) for s in STAGES}
-        batches = pb_utils.MetricFamily(
-            name="moe_bls_batches_total", kind=pb_utils.MetricFamily.COUNTER,
-            description="Batches run by moe_bls (v1)")
-        self.batch_metric = batches.Metric(labels={})
-        self._metric_refs = (tokens, stage, batches)   # families must outlive their metrics
-
-    async def call(self, model: str, inputs, outputs):
+    async def call(self, model: str, inputs: list, outputs: list) -> list:
+        """Run `model` on (name, tensor) inputs; its outputs as tensors on this instance's device."""
         request = pb_utils.InferenceRequest(
             model_name=model, requested_output_names=outputs,
-            inputs=[to_triton(f"INPUT__{i}", t) for i, t in enumerate(inputs)])
+            inputs=[to_triton(name, tensor) for name, tensor in inputs])
         try:
             response = await request.async_exec()
         except Exception as e:  # noqa: BLE001 - e.g. the model's stub died mid-request
             raise StepFailed(f"{model}: {e}") from None
         if response.has_error():
             raise StepFailed(f"{model}: {response.error().message()}")
-        return [to_torch(pb_utils.get_output_tensor_by_name(response, name)) for name in outputs]
+        # Pieces on another device (experts spread over GPUs) answer there: the orchestration
+        # runs where this instance lives.
+        return [to_torch(pb_utils.get_output_tensor_by_name(response, name)).to(self.device)
+                for name in outputs]
 
-    async def call_expert(self, e: int, inputs):
+    async def call_expert(self, e: int, h, layer):
         if self.remote is not None:
-            return await self.remote.call(self.experts[e], inputs)
-        return await self.call(self.experts[e], inputs, ["OUTPUT__0"])
+            return [t.to(self.device) for t in await self.remote.call(self.experts[e], [h, layer])]
+        return await self.call(self.experts[e], [("INPUT__0", h), ("INPUT__1", layer)], ["OUTPUT__0"])
 
     async def timed(self, stage: str, times: dict, awaitable):
         start = time.perf_counter()
@@ -170,42 +223,49 @@ class TritonPythonModel:
             times[stage] += time.perf_counter() - start
 
     async def run_experts(self, busy, chunks, layer):
-        results = await asyncio.gather(*[self.call_expert(e, [chunks[e], layer]) for e in busy],
+        results = await asyncio.gather(*[self.call_expert(e, chunks[e], layer) for e in busy],
                                        return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise StepFailed("; ".join(str(f) for f in failed))
         return results
 
-    async def forward(self, ids: torch.Tensor, mask: torch.Tensor, count_tokens: bool, times: dict):
-        """logits [B, C] and, if asked, tokens per text, layer and expert [B, L, E]."""
+    async def forward(self, ids, mask, count_tokens: bool, times: dict, tokens: list):
+        """logits [B, C] and, if asked, tokens per text, layer and expert [B, L, E], on this
+        instance's device. ids and mask stay on the CPU: the pieces take them from there, and the
+        real positions are found without waiting for a device."""
         B, T = ids.shape
-        real = routing.real_token_index(mask)
-        counts = torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64) if count_tokens else None
-        (x,) = await self.timed("embedding", times, self.call("embedding", [ids], ["OUTPUT__0"]))
+        real = routing.real_token_index(mask).to(self.device)
+        counts = torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64, device=self.device) \
+            if count_tokens else None
+        x = None
         for l in range(self.n_layers):
             layer = self.layer_tensors[l]
-            x, h = await self.timed("attention", times, self.call(
-                "attention", [x, mask, layer], ["OUTPUT__0", "OUTPUT__1"]))
-            h_real = h.reshape(-1, h.shape[-1]).index_select(0, real)
-            expert_ids, weights = await self.timed("gating", times, self.call(
-                "gating", [h_real, layer], ["OUTPUT__0", "OUTPUT__1"]))
+            if l == 0:
+                stage, model, inputs = FIRST_LAYER, "embedding_attention_gating", [("IDS", ids)]
+            else:
+                stage, model, inputs = LAYER, "attention_gating", [("X", x)]
+            x, h, expert_ids, weights = await self.timed(stage, times, self.call(
+                model, [*inputs, ("MASK", mask), ("LAYER", layer)], FRONT_OUTPUTS))
+            h_real = routing.real_tokens(h, real)
+            # The per-expert counts are the one value the host waits for in a layer: they say
+            # which experts to call and how to split the tokens.
             token_index, slot_order, per_expert = routing.dispatch_plan(expert_ids, self.n_experts)
             chunks = h_real.index_select(0, token_index).split(per_expert)
             busy = [e for e in range(self.n_experts) if per_expert[e] > 0]
-            results = await self.timed("experts", times, self.run_experts(busy, chunks, layer))
+            results = await self.timed(EXPERTS, times, self.run_experts(busy, chunks, layer))
             outputs = list(chunks)             # idle experts contribute their empty chunk
             for e, (out,) in zip(busy, results):
                 outputs[e] = out
             update = routing.combine(torch.cat(outputs), weights, slot_order)
             x = routing.add_to_real_tokens(x, real, update)
-            for e in busy:
-                self.token_metrics[l][e].increment(per_expert[e])
+            tokens.append(per_expert)
             if counts is not None:
                 text_of_token = torch.div(real, T, rounding_mode="floor")
                 flat = (text_of_token.unsqueeze(1) * self.n_experts + expert_ids).reshape(-1)
                 counts[:, l, :] = torch.bincount(flat, minlength=B * self.n_experts).view(B, self.n_experts)
-        (logits,) = await self.timed("classifier", times, self.call("classifier", [x, mask], ["OUTPUT__0"]))
+        (logits,) = await self.timed(CLASSIFIER, times, self.call(
+            "classifier", [("INPUT__0", x), ("INPUT__1", mask)], ["OUTPUT__0"]))
         return logits, counts
 
     async def execute(self, requests):
@@ -221,9 +281,11 @@ class TritonPythonModel:
         ids = torch.cat([torch.nn.functional.pad(i, (0, T - i.shape[1]), value=self.pad_id) for i in ids_list])
         mask = torch.cat([torch.nn.functional.pad(m, (0, T - m.shape[1]), value=False) for m in mask_list])
         wants_counts = [wants_expert_tokens(r) for r in requests]
-        times = dict.fromkeys(STAGES, 0.0)
+        times, tokens = dict.fromkeys(STAGES, 0.0), []
         try:
-            logits, counts = await self.forward(ids, mask, any(wants_counts), times)
+            logits, counts = await self.forward(ids, mask, any(wants_counts), times, tokens)
+            logits = logits.cpu()               # the one copy to the host
+            counts = counts.cpu() if counts is not None else None
         except StepFailed as e:
             return error_responses(len(requests), f"moe_bls: {e}", pb_utils.TritonError.UNAVAILABLE)
         except Exception as e:  # noqa: BLE001 - every request gets an answer, never a dropped batch
@@ -235,11 +297,9 @@ class TritonPythonModel:
                 outputs.append(to_triton("EXPERT_TOKENS", counts[start:start + n]))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start += n
-        times["orchestration"] = (time.perf_counter() - started) - sum(times.values())
-        for stage, seconds in times.items():
-            self.stage_metrics[stage].increment(seconds * 1e6)
-        self.batch_metric.increment(1)
+        times[ORCHESTRATION] = (time.perf_counter() - started) - sum(times.values())
+        self.counters.record(tokens, times)
         return responses
 
     def finalize(self):
-        self.token_metrics = self.stage_metrics = self.batch_metric = None
+        self.counters.close()

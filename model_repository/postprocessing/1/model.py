@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from triton_io import model_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        labels = json.loads(config["parameters"]["labels"]["string_value"])
+        labels = json.loads(model_parameters(args)["labels"])
         self.labels = np.array([l.encode("utf-8") for l in labels], dtype=object)
 
     def execute(self, requests):

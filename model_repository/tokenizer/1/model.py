@@ -3,12 +3,12 @@
 Uses the `tokenizers` library directly (what transformers' fast tokenizer wraps): the [CLS]
 template and truncation are stored in tokenizer.json, so the ids equal those of training.
 """
-import json
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
+from triton_io import error_response, model_parameters
 
 
 class BadText(ValueError):
@@ -32,8 +32,7 @@ def decode(raw, index: int, max_chars: int) -> str:
 
 class TritonPythonModel:
     def initialize(self, args):
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        params = model_parameters(args)
         folder = Path(args["model_repository"]) / args["model_version"]
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.max_chars = int(params["max_text_chars"])
@@ -52,8 +51,7 @@ class TritonPythonModel:
             try:
                 decoded = [decode(t, i, self.max_chars) for i, t in enumerate(raw)]
             except BadText as e:
-                responses[r] = pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(str(e), pb_utils.TritonError.INVALID_ARG))
+                responses[r] = error_response(str(e), pb_utils.TritonError.INVALID_ARG)
                 continue
             texts.extend(decoded)
             owners.extend([r] * len(decoded))

@@ -1,0 +1,321 @@
+"""`moe bench`: served latency and throughput of v1 and v2 against in-process eager PyTorch.
+
+One run measures, on one machine and against one running server:
+  * the in-process baselines (bench/baseline.py): the eager model with exactly the batches the
+    clients send, and the eager model on batches of `batched_baseline` texts, the most one Python
+    process gets from this model here; each runs before and after the served levels and the
+    faster run is the one the ratios use (the stricter comparison for the server);
+  * for each batch size, workflow and concurrency level, a closed loop (bench/load.py), every
+    answer compared with the eager label;
+  * what the caller knows of the server: the time from launch to all models ready, its memory
+    (sampled every second while the levels run; the peak is kept);
+  * where v1's time goes: Triton's per-model statistics and the BLS's stage counters.
+
+Results: OUT/bench.json (everything), OUT/bench.md and OUT/bench_*.png (bench/report.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from moe.data import DEFAULT_DATA, load_split
+from moe.errors import MoEError
+
+from . import report, triton_stats
+from .baseline import EagerModel
+from .load import batches, closed_loop
+
+DEFAULT_OUT = Path("build") / "bench"
+
+# (key, what, limit, "min" | "max") per target set: `--targets cpu` for the 2-core CPU machine,
+# `--targets gpu` for one or two GPUs.
+TARGETS = {
+    "cpu": (
+        ("v1_vs_v2_p50_c1", "v1 p50 / v2 p50, concurrency 1, single texts", 1.5, "max"),
+        ("v2_vs_batched_eager_c64", "v2 throughput at concurrency 64 / in-process batched eager", 1.0, "min"),
+        ("v1_vs_v2_throughput_c16", "v1 / v2 throughput, concurrency 16", 0.8, "min"),
+        ("v1_vs_v2_throughput_c64", "v1 / v2 throughput, concurrency 64", 0.8, "min"),
+        ("server_rss_gb", "server tree, peak RSS (GB)", 1.5, "max"),
+        ("python_stubs", "Python backend stubs", 3, "max"),
+        ("cold_start_s", "cold start: launch to all models ready (s)", 10.0, "max"),
+        ("errors", "errors, all levels", 0, "max"),
+        ("disagreements", "answers unlike eager, all levels", 0, "max"),
+    ),
+    "gpu": (
+        ("v2_vs_eager_throughput_b32", "v2 throughput / in-process eager, batches of 32 (best levels)", 0.8, "min"),
+        ("v1_vs_v2_p50_c1", "v1 p50 / v2 p50, concurrency 1, single texts", 1.5, "max"),
+        ("v1_vs_v2_throughput_b32", "v1 / v2 throughput, batches of 32 (best levels)", 0.5, "min"),
+        ("errors", "errors, all levels", 0, "max"),
+        ("disagreements", "answers unlike eager, all levels", 0, "max"),
+    ),
+}
+
+
+@dataclass
+class BenchOptions:
+    workflows: list[str] = field(default_factory=lambda: ["v1", "v2"])
+    concurrency: list[int] = field(default_factory=lambda: [1, 16, 64])
+    batch_sizes: list[int] = field(default_factory=lambda: [1])   # texts per request
+    requests: int = 300                 # timed requests per level
+    warmup: int | None = None           # untimed requests before each level (None: max(16, 2C))
+    batched_baseline: int = 16          # texts per batch of the batched in-process baseline; 0: none
+    protocol: str = "http"
+    checkpoint: Path | None = None      # the model of the baselines (default: the bundled one)
+    device: str = "cpu"                 # where the baselines run
+    data: Path = DEFAULT_DATA           # AG News folder: test.csv texts
+    out: Path = DEFAULT_OUT
+    targets: str = "cpu"
+    timeout_s: float = 60.0
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Endpoint:
+    """The server under test, as the caller knows it."""
+    url: str                                   # host:port of the protocol's endpoint
+    http_url: str                              # host:port of HTTP (statistics)
+    metrics_url: str | None = None             # Prometheus endpoint
+    cold_start_s: float | None = None          # launch to all models ready, if the caller launched it
+    memory: Callable[[], dict] | None = None   # the server tree's memory now (serving.server)
+    facts: dict = field(default_factory=dict)  # anything else worth keeping (export options)
+
+
+def machine_info() -> dict:
+    import torch
+    model = "unknown"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = dict(cpu_model=model, cores=os.cpu_count(), platform=platform.platform(),
+                python=platform.python_version(), torch=torch.__version__, torch_threads=torch.get_num_threads())
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def load_average() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+class MemorySampler:
+    """Samples the server's memory every `interval` seconds in a thread; keeps the peak RSS."""
+
+    def __init__(self, memory: Callable[[], dict], interval: float = 1.0):
+        self.memory, self.interval, self.peak = memory, interval, None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
+
+    def sample(self) -> None:
+        try:
+            now = self.memory()
+        except OSError:
+            return
+        if self.peak is None or now["rss_mb"] > self.peak["rss_mb"]:
+            self.peak = now
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self):
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
+def _try(fn, *args):
+    try:
+        return fn(*args)
+    except (OSError, ValueError):
+        return None
+
+
+def run_baselines(eager: EagerModel, requests: list[list[str]], batched: list[list[str]] | None, bar) -> dict:
+    out = {"per_request": eager.run(requests, progress=bar.update)}
+    if batched:
+        out["batched"] = eager.run(batched, progress=bar.update)
+    return out
+
+
+def better(a: dict, b: dict) -> dict:
+    return b if b["throughput"] > a["throughput"] else a
+
+
+# v1's pieces in the order a request meets them (the order of the breakdown's rows).
+PIPELINE = ("tokenizer", "embedding", "attention", "gating", "experts", "classifier", "orchestration",
+            "postprocessing")
+
+
+def stage_models(stages: list[str], models: list[str]) -> dict[str, list[str]]:
+    """v1's stages (the BLS's counter labels; "a+b" calls the models a and b) -> the Triton
+    models behind each, in pipeline order, tokenizer first and post-processing last."""
+    experts = sorted((m for m in models if m.startswith("expert_")), key=lambda m: int(m.split("_")[1]))
+
+    def position(stage):
+        return min((PIPELINE.index(p) for p in stage.split("+") if p in PIPELINE), default=len(PIPELINE))
+
+    table = {}
+    for s in sorted(["tokenizer", *stages, "postprocessing"], key=position):
+        table[s] = experts if s == "experts" else [] if s == "orchestration" else s.split("+")
+    return table
+
+
+def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | None = None) -> dict:
+    from tqdm.auto import tqdm
+    from moe_client import AsyncMoEClient
+    if not set(opts.workflows) <= {"v1", "v2"}:
+        raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
+    if opts.targets not in TARGETS:
+        raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
+    if opts.requests < 1 or min(opts.batch_sizes, default=0) < 1 or min(opts.concurrency, default=0) < 1:
+        raise MoEError("--requests, every --batch-size and every --concurrency must be >= 1")
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result: dict = dict(command=command, machine=machine_info(), load_average_start=load_average(),
+                        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+                        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                        server=dict(url=endpoint.url, cold_start_s=endpoint.cold_start_s, **endpoint.facts))
+    result["server"]["triton_version"] = (_try(triton_stats.http_json, f"http://{endpoint.http_url}/v2") or {}).get("version")
+    if endpoint.memory is not None:
+        result["server"]["memory_ready"] = endpoint.memory()
+
+    texts = load_split(str(opts.data), "test").texts
+    if not texts:
+        raise MoEError(f"no test texts in {opts.data}")
+    eager = EagerModel(opts.checkpoint, opts.device)
+    batched = batches(texts, opts.batched_baseline, max(opts.requests * max(opts.batch_sizes) // max(opts.batched_baseline, 1), 16)) \
+        if opts.batched_baseline else None
+    plans = {b: batches(texts, b, opts.requests) for b in opts.batch_sizes}
+    n_levels = len(opts.batch_sizes) * len(opts.workflows) * len(opts.concurrency)
+    total = 2 * sum(len(p) for p in plans.values()) + 2 * len(batched or []) + n_levels * opts.requests
+    bar = tqdm(total=total, desc="bench", unit="req", disable=not opts.progress)
+
+    baselines = {}
+    for b, plan in plans.items():
+        bar.set_postfix_str(f"in-process eager, batch {b}")
+        baselines[b] = run_baselines(eager, plan, batched if b == opts.batch_sizes[0] else None, bar)
+
+    levels = []
+    sampler = MemorySampler(endpoint.memory).__enter__() if endpoint.memory is not None else None
+
+    async def serve_levels():
+        async with AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0) as client:
+            for b, plan in plans.items():
+                want = baselines[b]["per_request"].answers
+                for workflow in opts.workflows:
+                    for c in opts.concurrency:
+                        bar.set_postfix_str(f"{workflow}, batch {b}, C={c}")
+                        n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
+                        await closed_loop(client, [(workflow, t) for t in batches(texts, b, n_warm, start=opts.requests)], c)
+                        s0, m0 = _try(triton_stats.model_stats, endpoint.http_url), \
+                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None
+                        load0 = load_average()
+                        run = await closed_loop(client, [(workflow, t) for t in plan], c, progress=bar.update)
+                        s1, m1 = _try(triton_stats.model_stats, endpoint.http_url), \
+                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None
+                        level = dict(workflow=workflow, batch_size=b, concurrency=c, **run.summary(), load_average=load0)
+                        pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
+                        level["disagreements"] = sum(g != w for g, w in pairs)
+                        level["agreement_with_eager"] = round(1 - level["disagreements"] / len(pairs), 4) if pairs else None
+                        if s0 is not None and s1 is not None:
+                            md = triton_stats.delta(m1, m0) if workflow == "v1" and m0 is not None and m1 is not None else None
+                            level["breakdown"] = triton_stats.breakdown(triton_stats.delta(s1, s0), md, len(plan))
+                            if workflow == "v1" and level["breakdown"].get("bls"):
+                                stages = list(level["breakdown"]["bls"]["stage_ms_per_request"])
+                                level["stages"] = triton_stats.stage_table(
+                                    level["breakdown"], stage_models(stages, list(s1)))
+                        levels.append(level)
+
+    try:
+        asyncio.run(serve_levels())
+    finally:
+        if sampler is not None:
+            sampler.__exit__(None, None, None)
+            result["server"]["memory_peak"] = sampler.peak
+    for b, plan in plans.items():
+        bar.set_postfix_str(f"in-process eager again, batch {b}")
+        again = run_baselines(eager, plan, batched if b == opts.batch_sizes[0] else None, bar)
+        for kind in again:
+            first, second = baselines[b][kind].summary(), again[kind].summary()
+            baselines[b][kind] = dict(better(first, second), runs=[first, second])
+    bar.close()
+    result["baselines"] = {str(b): v for b, v in baselines.items()}
+    result["baselines"]["batch_sizes"] = {"per_request": opts.batch_sizes, "batched": opts.batched_baseline}
+    result["levels"] = levels
+    result["load_average_end"] = load_average()
+    result["ratios"] = ratios(result, opts)
+    result["targets"] = targets(result["ratios"], opts.targets)
+    report.write(result, out, opts.plots)
+    return result
+
+
+def level_of(result: dict, workflow: str, c: int, b: int = 1) -> dict | None:
+    return next((lv for lv in result.get("levels", []) if (lv["workflow"], lv["concurrency"], lv["batch_size"]) == (workflow, c, b)), None)
+
+
+def best_level(result: dict, workflow: str, b: int) -> dict | None:
+    candidates = [lv for lv in result.get("levels", []) if lv["workflow"] == workflow and lv["batch_size"] == b]
+    return max(candidates, key=lambda lv: lv["throughput"], default=None)
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a is not None and b else None
+
+
+def ratios(result: dict, opts: BenchOptions) -> dict:
+    def throughput(level):
+        return level["throughput"] if level else None
+
+    def p50(level):
+        return level["p50_ms"] if level else None
+
+    base = result["baselines"]
+    first = str(opts.batch_sizes[0])
+    batched = base[first].get("batched")
+    out = dict(
+        v1_vs_v2_p50_c1=ratio(p50(level_of(result, "v1", 1)), p50(level_of(result, "v2", 1))),
+        v2_vs_batched_eager_c64=ratio(throughput(level_of(result, "v2", 64)), batched["throughput"] if batched else None),
+        v1_vs_v2_throughput_c16=ratio(throughput(level_of(result, "v1", 16)), throughput(level_of(result, "v2", 16))),
+        v1_vs_v2_throughput_c64=ratio(throughput(level_of(result, "v1", 64)), throughput(level_of(result, "v2", 64))),
+        errors=sum(lv["errors"] for lv in result["levels"]),
+        disagreements=sum(lv["disagreements"] for lv in result["levels"]),
+    )
+    if "32" in base:
+        out["v2_vs_eager_throughput_b32"] = ratio(throughput(best_level(result, "v2", 32)),
+                                                  base["32"]["per_request"]["throughput"])
+        out["v1_vs_v2_throughput_b32"] = ratio(throughput(best_level(result, "v1", 32)),
+                                               throughput(best_level(result, "v2", 32)))
+    server = result["server"]
+    mem = server.get("memory_peak") or server.get("memory_ready")
+    out["cold_start_s"] = server.get("cold_start_s")
+    out["server_rss_gb"] = round(mem["rss_mb"] / 1024, 3) if mem else None
+    out["server_pss_gb"] = round(mem["pss_mb"] / 1024, 3) if mem else None
+    out["python_stubs"] = mem["python_stubs"] if mem else None
+    return out
+
+
+def targets(values: dict, profile: str) -> list[dict]:
+    rows = []
+    for key, what, limit, kind in TARGETS[profile]:
+        value = values.get(key)
+        met = None if value is None else (value >= limit if kind == "min" else value <= limit)
+        rows.append(dict(key=key, what=what, target=f"{'>=' if kind == 'min' else '<='} {limit}",
+                         measured=value, met=met))
+    return rows

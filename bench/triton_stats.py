@@ -1,0 +1,102 @@
+"""Where the time goes inside the server: Triton's per-model statistics (/v2/models/stats) and
+the BLS's Prometheus counters, as deltas over one load level."""
+from __future__ import annotations
+
+import json
+import re
+import urllib.request
+
+STAT_KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_METRIC = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def http_json(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def model_stats(http_url: str) -> dict:
+    """Model name -> cumulative ns and counts of Triton's inference statistics."""
+    out: dict = {}
+    for m in http_json(f"http://{http_url}/v2/models/stats").get("model_stats", []):
+        s = m.get("inference_stats", {})
+        row = {f"{k}_ns": int(s.get(k, {}).get("ns", 0)) for k in STAT_KINDS}
+        row.update(success_count=int(s.get("success", {}).get("count", 0)),
+                   execution_count=int(m.get("execution_count", 0)),
+                   inference_count=int(m.get("inference_count", 0)))
+        previous = out.get(m["name"])     # several versions of one model: add them up
+        out[m["name"]] = {k: v + previous[k] for k, v in row.items()} if previous else row
+    return out
+
+
+def prometheus(metrics_url: str, prefix: str = "moe_") -> dict:
+    """(name, frozenset of label pairs) -> value, for the metric families named `prefix`*."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefix) and (m := _METRIC.match(line)):
+            out[(m.group(1), frozenset(_LABEL.findall(m.group(2) or "")))] = float(m.group(3))
+    return out
+
+
+def delta(after: dict, before: dict) -> dict:
+    """after - before, for model_stats() rows or prometheus() samples."""
+    if all(isinstance(v, dict) for v in after.values()):
+        return {name: {k: v - before.get(name, {}).get(k, 0) for k, v in row.items()}
+                for name, row in after.items()}
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
+def breakdown(stats: dict, metrics: dict | None, n_requests: int) -> dict:
+    """Per request of the level: each model's compute and queue milliseconds (Triton's own
+    statistics) and, from the BLS's counters, its wall time per stage."""
+    per_request = max(n_requests, 1)
+    models = {}
+    for name, row in sorted(stats.items()):
+        if row["execution_count"] <= 0 and row["success_count"] <= 0:
+            continue
+        executions = max(row["execution_count"], 1)
+        models[name] = dict(
+            executions=row["execution_count"], inferences=row["inference_count"],
+            compute_infer_ms_per_request=round(row["compute_infer_ns"] / 1e6 / per_request, 4),
+            compute_io_ms_per_request=round((row["compute_input_ns"] + row["compute_output_ns"]) / 1e6
+                                            / per_request, 4),
+            queue_ms_per_request=round(row["queue_ns"] / 1e6 / per_request, 4),
+            compute_infer_ms_per_execution=round(row["compute_infer_ns"] / 1e6 / executions, 4),
+            mean_batch=round(row["inference_count"] / executions, 2))
+    result: dict = dict(models=models)
+    if metrics:
+        stage = {dict(k[1])["stage"]: v for k, v in metrics.items() if k[0] == "moe_bls_stage_duration_us"}
+        batches = sum(v for k, v in metrics.items() if k[0] == "moe_bls_batches_total")
+        tokens = {f"layer{dict(k[1])['layer']}/expert{dict(k[1])['expert']}": int(v)
+                  for k, v in metrics.items() if k[0] == "moe_expert_tokens_total"}
+        result["bls"] = dict(
+            batches=int(batches),
+            requests_per_batch=round(n_requests / batches, 2) if batches else None,
+            stage_ms_per_batch={s: round(us / 1e3 / batches, 4) if batches else None for s, us in stage.items()},
+            stage_ms_per_request={s: round(us / 1e3 / per_request, 4) for s, us in stage.items()},
+            expert_tokens=tokens)
+    return result
+
+
+def stage_table(bd: dict, stage_models: dict[str, list[str]]) -> list[dict]:
+    """v1's stages side by side: the BLS's wall time for each (the call, IPC and waiting) and
+    the Triton compute and queue time of the models behind it, per request. `stage_models`:
+    stage -> the models it calls, in pipeline order (tokenizer first, post-processing last)."""
+    models, bls = bd["models"], bd.get("bls") or {}
+    walls = bls.get("stage_ms_per_request", {})
+
+    def total(names, key):
+        return round(sum(models.get(n, {}).get(key, 0.0) for n in names), 4) if names else None
+
+    rows = [dict(stage=stage, bls_wall_ms=walls.get(stage),
+                 triton_compute_ms=total(names, "compute_infer_ms_per_request"),
+                 triton_queue_ms=total(names, "queue_ms_per_request"))
+            for stage, names in stage_models.items()]
+    if "moe_bls" in models:
+        rows.append(dict(stage="moe_bls (whole execute)", bls_wall_ms=None,
+                         triton_compute_ms=models["moe_bls"]["compute_infer_ms_per_request"],
+                         triton_queue_ms=models["moe_bls"]["queue_ms_per_request"]))
+    return rows

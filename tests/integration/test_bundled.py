@@ -1,0 +1,27 @@
+"""The shipped checkpoint: its model card's test accuracy reproduces on this CPU, experts are
+balanced, and it fits the shipping budget."""
+import json
+import re
+
+from moe.checkpoint import BUNDLED
+
+from ..conftest import run_cli
+
+
+def test_bundled_checkpoint_reproduces_its_model_card(data_dir):
+    card = (BUNDLED / "README.md").read_text()
+    stated = float(re.search(r"Test accuracy: \*\*([0-9.]+) %\*\*", card).group(1)) / 100
+    result = run_cli("eval", "--data", data_dir, "--json", timeout=900)
+    assert result.returncode == 0, result.stderr
+    measured = json.loads(result.stdout)
+    assert measured["checkpoint"] == str(BUNDLED)
+    assert measured["rows"] == 7600
+    assert abs(measured["accuracy"] - stated) <= 0.001, (measured["accuracy"], stated)
+    # No expert of any layer gets more than twice its fair share of the test set's tokens.
+    assert measured["max_load_over_fair_share"] <= 2.0
+
+
+def test_bundled_checkpoint_fits_the_budget():
+    assert (BUNDLED / "model.safetensors").stat().st_size <= 25_000_000
+    config = json.loads((BUNDLED / "config.json").read_text())
+    assert config["n_experts"] == 8 and config["top_k"] == 2

@@ -1,0 +1,32 @@
+"""The repository the containers serve: NVIDIA's libtorch backend for every TorchScript piece,
+experts spread over GPUs."""
+from export.repository import ExportOptions, export_repository
+
+TORCHSCRIPT = ["embedding", "attention", "gating", "classifier", "full_model"] + [f"expert_{e}" for e in range(8)]
+
+
+def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
+    out = export_repository(tiny_checkpoint, tmp_path / "container", ExportOptions(),
+                            progress=False, log=lambda *_: None)
+    for name in TORCHSCRIPT:
+        config = (out / "model_repository" / name / "config.pbtxt").read_text()
+        assert 'backend: "pytorch"' in config, name
+        assert (out / "model_repository" / name / "1" / "model.pt").is_file()
+    for name in ("tokenizer", "moe_bls", "postprocessing"):
+        assert 'backend: "python"' in (out / "model_repository" / name / "config.pbtxt").read_text()
+
+
+def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
+    out = export_repository(tiny_checkpoint, tmp_path / "gpu", ExportOptions(device="cuda", gpus=3),
+                            progress=False, log=lambda *_: None)
+    for e in range(8):
+        config = (out / "model_repository" / f"expert_{e}" / "config.pbtxt").read_text()
+        assert f"kind: KIND_GPU gpus: [ {e % 3} ]" in config, config
+    assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "attention" / "config.pbtxt").read_text()
+    # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.
+    assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    for name in ("tokenizer", "postprocessing"):
+        assert "KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text()
+    on_cpu = export_repository(tiny_checkpoint, tmp_path / "gpu-bls-cpu", ExportOptions(device="cuda", bls_device="cpu"),
+                               progress=False, log=lambda *_: None)
+    assert "KIND_CPU" in (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()

@@ -1,0 +1,201 @@
+"""The Triton model repository served by a real tritonserver: v1 == v2 == eager, sparse
+expert calls, bad input, the repository index, export checks and server start-up errors."""
+import json
+import shutil
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from export.repository import export_repository
+from moe.checkpoint import load_checkpoint
+from moe.data import load_split
+from moe.errors import MoEError
+from moe.tokenizer import encode, load_fast_tokenizer
+
+from ..conftest import ADMIN_KEY, start_server
+
+MODELS = ["tokenizer", "embedding", "attention", "gating", *[f"expert_{e}" for e in range(8)],
+          "classifier", "attention_gating", "embedding_attention_gating", "moe_bls", "full_model",
+          "postprocessing", "moe_v1", "moe_v2"]
+
+
+def text_input(texts, module=httpclient):
+    inp = module.InferInput("TEXT", [len(texts), 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[t if isinstance(t, bytes) else t.encode()] for t in texts], dtype=object))
+    return inp
+
+
+def classify(client, model, texts, routing=False, module=httpclient):
+    names = ["LABEL", "LABEL_ID", "PROBS"] + (["EXPERT_TOKENS"] if routing else [])
+    result = client.infer(model, [text_input(texts, module)],
+                          outputs=[module.InferRequestedOutput(n) for n in names],
+                          parameters={"expert_tokens": True} if routing else None)
+    return {n: result.as_numpy(n) for n in names}
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def eager(tiny_checkpoint):
+    model, path = load_checkpoint(tiny_checkpoint)
+    return model, load_fast_tokenizer(path / "tokenizer.json")
+
+
+def eager_probs(eager, texts):
+    model, tokenizer = eager
+    ids, mask = encode(tokenizer, texts, model.cfg.max_len)
+    with torch.no_grad():
+        return torch.softmax(model(ids, mask), -1).numpy(), mask.sum(1).numpy()
+
+
+def test_v1_v2_and_eager_agree_on_1000_test_texts(server, http, eager, data_dir):
+    texts = load_split(data_dir, "test").texts[:1000]
+    grpc = grpcclient.InferenceServerClient(server.grpc_url)
+    for start in range(0, len(texts), 64):
+        batch = texts[start:start + 64]
+        v1 = classify(http, "moe_v1", batch)
+        v2 = classify(grpc, "moe_v2", batch, module=grpcclient)
+        expected, _ = eager_probs(eager, batch)
+        assert (v1["LABEL"] == v2["LABEL"]).all(), f"labels differ in batch at {start}"
+        np.testing.assert_allclose(v1["PROBS"], v2["PROBS"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(v1["PROBS"], expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(v2["PROBS"], expected, atol=1e-4, rtol=0)
+        assert (v1["LABEL_ID"].reshape(-1) == expected.argmax(1)).all()
+        labels = [b.decode() for b in v1["LABEL"].reshape(-1)]
+        assert labels == [eager[0].cfg.labels[i] for i in expected.argmax(1)]
+    grpc.close()
+
+
+def expert_executions(http):
+    return {e: http.get_inference_statistics(f"expert_{e}")["model_stats"][0]["execution_count"]
+            for e in range(8)}
+
+
+def test_expert_tokens_count_every_routed_token(http, eager, data_dir):
+    texts = load_split(data_dir, "test").texts[1000:1040] + ["Short text.", "Oil"]
+    out = classify(http, "moe_v1", texts, routing=True)
+    counts = out["EXPERT_TOKENS"]
+    cfg = eager[0].cfg
+    assert counts.shape == (len(texts), cfg.n_layers, cfg.n_experts)
+    _, real_tokens = eager_probs(eager, texts)
+    np.testing.assert_array_equal(counts.sum(axis=2), np.repeat(real_tokens[:, None] * cfg.top_k, cfg.n_layers, 1))
+
+
+def test_idle_experts_are_not_called(http):
+    before = expert_executions(http)
+    counts = classify(http, "moe_v1", ["Oil"], routing=True)["EXPERT_TOKENS"][0]
+    after = expert_executions(http)
+    # "[CLS] oil": 2 tokens x top-2 = 4 slots per layer, so most experts are idle each layer.
+    busy_layers = (counts > 0).sum(axis=0)
+    assert busy_layers.sum() < counts.shape[0] * counts.shape[1]
+    for e in range(8):
+        assert after[e] - before[e] == busy_layers[e], f"expert_{e}"
+
+
+def test_expert_tokens_only_when_asked(http):
+    result = http.infer("moe_v1", [text_input(["Stocks rally"])])
+    assert result.as_numpy("EXPERT_TOKENS") is None
+    assert result.as_numpy("LABEL") is not None
+
+
+def assert_rejected(fn, *needles):
+    with pytest.raises(InferenceServerException) as info:
+        fn()
+    message = str(info.value)
+    for n in needles:
+        assert n.lower() in message.lower(), message
+    return message
+
+
+def test_bad_input_gets_clear_errors_and_server_keeps_serving(http, server):
+    good = classify(http, "moe_v2", ["Stocks rally as oil prices fall"])
+    for model in ("moe_v1", "moe_v2"):
+        assert_rejected(lambda: classify(http, model, [""]), "TEXT[0]", "empty")
+        assert_rejected(lambda: classify(http, model, ["ok text", "   \n\t "]), "TEXT[1]", "whitespace")
+        assert_rejected(lambda: classify(http, model, [b"caf\xe9 \xff"]), "TEXT[0]", "UTF-8")
+        wrong_type = httpclient.InferInput("TEXT", [1, 1], "INT32")
+        wrong_type.set_data_from_numpy(np.array([[7]], dtype=np.int32))
+        assert_rejected(lambda: http.infer(model, [wrong_type]), "data-type", "TEXT")
+        wrong_shape = httpclient.InferInput("TEXT", [1, 2], "BYTES")
+        wrong_shape.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
+        assert_rejected(lambda: http.infer(model, [wrong_shape]), "shape")
+        assert_rejected(lambda: classify(http, model, ["text"] * 65), "batch", "64")
+        huge = ("Oil prices climb as markets fall. " * 3100)[:100_000]
+        assert classify(http, model, [huge])["LABEL"].shape == (1, 1)
+    again = classify(http, "moe_v2", ["Stocks rally as oil prices fall"])
+    np.testing.assert_array_equal(again["PROBS"], good["PROBS"])
+    assert server.process.poll() is None
+
+
+def test_repository_index_lists_every_model_ready(http):
+    # The repository API is an operator API: closed without the admin header.
+    assert_rejected(lambda: http.get_model_repository_index(), "restricted")
+    index = {m["name"]: m.get("state") for m in
+             http.get_model_repository_index(headers={"moe-admin-key": ADMIN_KEY})}
+    for name in MODELS:
+        assert index.get(name) == "READY", (name, index.get(name))
+        assert http.is_model_ready(name)
+
+
+def test_kserve_json_over_http(server):
+    """The README's curl example, as JSON (no binary tensors)."""
+    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES",
+                        "data": ["NASA launches a new probe to study the Sun"]}]}
+    request = urllib.request.Request(f"http://{server.http_url}/v2/models/moe_v2/infer",
+                                     data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        outputs = {o["name"]: o for o in json.load(r)["outputs"]}
+    assert outputs["LABEL"]["data"][0] in ("World", "Sports", "Business", "Sci/Tech")
+    assert abs(sum(outputs["PROBS"]["data"]) - 1) < 1e-5
+    request.data = json.dumps({"inputs": [{**body["inputs"][0], "data": [""]}]}).encode()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=30)
+    assert info.value.code == 400 and b"empty" in info.value.read()
+
+
+def test_export_is_idempotent(tiny_checkpoint, tiny_repository, tmp_path):
+    out = tmp_path / "again"
+    for _ in range(2):
+        export_repository(tiny_checkpoint, out, progress=False, log=lambda *_: None)
+    def listing(root):   # the Python backend stub leaves __pycache__ next to served models
+        return sorted(p.relative_to(root) for p in root.rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts)
+    files = listing(out)
+    assert files == listing(tiny_repository)
+    for f in files:
+        if f.suffix in (".pbtxt", ".py", ".json") and f.name != "manifest.json":
+            assert (out / f).read_text() == (tiny_repository / f).read_text(), f
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+
+
+def test_server_reports_a_model_that_fails_to_load(tiny_repository, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_repository, broken)
+    (broken / "model_repository" / "expert_3" / "1" / "model.pt").write_bytes(b"not a torchscript file")
+    with pytest.raises(MoEError) as info:
+        start_server(broken)
+    assert "expert_3" in str(info.value)
+
+
+def test_moe_serve_exits_with_the_servers_error(tiny_repository, tmp_path):
+    from ..conftest import free_ports, run_cli
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_repository, broken)
+    (broken / "model_repository" / "tokenizer" / "1" / "tokenizer.json").write_text("{not json")
+    http_port, grpc_port, metrics_port = free_ports(3)
+    result = run_cli("serve", "--repository", broken, "--http-port", http_port, "--grpc-port", grpc_port,
+                     "--metrics-port", metrics_port, timeout=300)
+    assert result.returncode == 2
+    assert "tokenizer" in result.stderr and "Traceback" not in result.stderr.split("error:")[0]

@@ -1,0 +1,61 @@
+"""Training, `moe train` / `moe eval` end to end, and one-line errors about trained checkpoints."""
+import json
+import shutil
+
+import torch
+
+from moe.config import preset
+
+from ..conftest import run_cli
+from ..unit.test_cli_errors import assert_one_line_error
+
+
+def test_train_then_eval_cli(tmp_path, data_dir):
+    out = tmp_path / "ck"
+    r = run_cli("train", "--preset", "tiny", "--data", data_dir, "--out", out, "--epochs", 1,
+                "--max-train-rows", 1500)
+    assert r.returncode == 0, r.stderr
+    assert "val acc" in r.stdout
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json"):
+        assert (out / f).is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1 and "expert_load_train" in metrics["epochs"][0]
+    r = run_cli("eval", out, "--data", data_dir, "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    assert result["rows"] == 7600
+    assert sum(map(sum, result["confusion_matrix"])) == 7600
+    assert 0.25 < result["accuracy"] <= 1.0
+    assert len(result["expert_load"]) == preset("tiny").n_layers
+    r = run_cli("eval", out, "--data", data_dir)
+    assert "test accuracy" in r.stdout and "confusion matrix" in r.stdout
+
+
+def test_checkpoint_from_another_config(tmp_path, tiny_checkpoint, data_dir):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["d_model"] = 64
+    (bad / "config.json").write_text(json.dumps(cfg))
+    r = run_cli("eval", bad, "--data", data_dir)
+    assert_one_line_error(r, "another config")
+
+
+def test_export_refuses_corrupt_weights(tmp_path, tiny_checkpoint):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_checkpoint, bad)
+    (bad / "model.safetensors").write_bytes(b"\x00" * 64)
+    r = run_cli("export", bad, "--out", tmp_path / "out")
+    assert_one_line_error(r, "model.safetensors", "unreadable")
+    assert not (tmp_path / "out").exists()
+
+
+def test_tiny_trains_and_loss_falls(data_dir, tmp_path):
+    from moe.train import TrainConfig, train
+    tc = TrainConfig(epochs=3, lr=3e-3, batch_size=32, label_smoothing=0.0, max_train_rows=600)
+    history = train(preset("tiny"), tc, data_dir, tmp_path / "ck", log=lambda *_: None)
+    losses = [e["train_loss"] for e in history["epochs"]]
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert (tmp_path / "ck" / "model.safetensors").is_file()
+    load = torch.tensor(history["epochs"][-1]["expert_load_train"])
+    assert load.shape == (preset("tiny").n_layers, preset("tiny").n_experts) and load.sum() > 0

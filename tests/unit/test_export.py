@@ -1,0 +1,49 @@
+"""Export without a server: the parity check refuses a drifted piece, and v2's ragged batches
+(texts of different lengths concatenated, as Triton hands them over) give the padded answer."""
+import pytest
+import torch
+
+from export.pieces import FullModel, ragged, unflatten_ragged
+from export.repository import check_parity
+from moe.errors import MoEError
+
+from .test_model import make_model, random_batch
+
+
+def test_export_refuses_a_piece_that_differs_from_eager():
+    eager = torch.nn.Linear(4, 4)
+    drifted = torch.nn.Linear(4, 4)
+    drifted.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        drifted.bias[0] += 1e-3
+    with pytest.raises(MoEError, match="differs from the eager module"):
+        check_parity("expert_9", eager, torch.jit.script(drifted), [(torch.randn(3, 4),)])
+    assert check_parity("expert_9", eager, torch.jit.script(eager), [(torch.randn(3, 4),)]) == 0.0
+
+
+def test_unflatten_ragged_restores_the_padded_batch():
+    ids, mask = random_batch(B=5, T=9)
+    flat_ids, flat_mask, lengths = ragged(ids, mask)
+    assert flat_ids.numel() == int(mask.sum()) and lengths.dtype == torch.int32
+    padded_ids, padded_mask = unflatten_ragged(flat_ids, flat_mask, lengths, pad_id=0)
+    width = int(mask.sum(1).max())
+    assert torch.equal(padded_mask, mask[:, :width])
+    assert torch.equal(padded_ids, ids[:, :width])
+
+
+def test_full_model_on_a_ragged_batch_equals_the_padded_forward():
+    model = make_model()
+    ids, mask = random_batch(B=6, T=14)
+    full = FullModel(model).eval()
+    with torch.no_grad():
+        expected = model(ids, mask)
+        got = full(*ragged(ids, mask))
+        # Requests that arrive padded to their own length (the tokenizer pads per request).
+        first, second = (ids[:3], mask[:3]), (ids[3:], mask[3:])
+        parts = [(i.reshape(-1), m.reshape(-1), torch.full((i.shape[0], 1), i.shape[1], dtype=torch.int32))
+                 for i, m in (first, second)]
+        joined = full(*(torch.cat(column) for column in zip(*parts)))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(joined, expected, atol=1e-5, rtol=0)
+    scripted = torch.jit.script(full)
+    torch.testing.assert_close(scripted(*ragged(ids, mask)), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,158 @@
+"""The model math: sparse dispatch, balance loss, padding, decomposition, save/load."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from moe.checkpoint import load_checkpoint, save_checkpoint
+from moe.config import MoEConfig, preset
+from moe.model import MoEClassifier, MoEFeedForward, auxiliary_losses
+from moe.routing import add_to_real_tokens, balance_loss, real_token_index
+
+CFG = dataclasses.replace(preset("tiny"), vocab_size=500)
+# BERT-style blocks, as upcycled from a pretrained encoder (moe/upcycle.py).
+POST_NORM = dataclasses.replace(CFG, norm_position="post", layer_norm_eps=1e-12)
+both_blocks = pytest.mark.parametrize("cfg", [CFG, POST_NORM], ids=["pre_norm", "post_norm"])
+
+
+def make_model(seed=0, cfg=CFG) -> MoEClassifier:
+    torch.manual_seed(seed)
+    model = MoEClassifier(cfg).eval()
+    # Random (not zero) biases and router weights so every piece matters in the comparisons.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def random_batch(B=4, T=12, seed=1, cfg=CFG):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, cfg.vocab_size, (B, T), generator=g)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    ids[~mask] = cfg.pad_id
+    return ids, mask
+
+
+def test_sparse_dispatch_equals_dense_reference():
+    torch.manual_seed(0)
+    moe = MoEFeedForward(CFG).eval()
+    h = torch.randn(37, CFG.d_model)
+    update, expert_ids, logits = moe(h)
+    # Dense reference: every expert on every token, then keep the top-k with softmaxed weights.
+    all_out = torch.stack([e(h) for e in moe.experts], dim=1)           # [N, E, D]
+    top_logits, top_ids = logits.topk(CFG.top_k, dim=-1)
+    gate = torch.zeros_like(logits).scatter(1, top_ids, F.softmax(top_logits, -1))
+    dense = (gate.unsqueeze(-1) * all_out).sum(1)
+    assert torch.equal(expert_ids, top_ids)
+    torch.testing.assert_close(update, dense, atol=1e-5, rtol=0)
+
+
+def test_dispatch_skips_padding_tokens():
+    model = make_model()
+    ids, mask = random_batch()
+    _, expert_ids, _ = model.forward_routed(ids, mask)
+    for layer_ids in expert_ids:
+        assert layer_ids.shape == (int(mask.sum()), CFG.top_k)
+
+
+def test_balance_loss_formula_on_hand_made_routing():
+    E = 4
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.5]])
+    expert_ids = torch.tensor([[0, 1], [1, 0], [2, 3]])
+    probs = F.softmax(logits, -1)
+    f = torch.tensor([2, 2, 1, 1], dtype=torch.float) / 6      # slots per expert / all slots
+    expected = E * (f * probs.mean(0)).sum()
+    assert balance_loss(logits, expert_ids, E).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_balance_loss_is_one_for_uniform_routing_and_larger_otherwise():
+    E, N = 8, 64
+    uniform_ids = torch.arange(N * 2).reshape(N, 2) % E
+    assert balance_loss(torch.zeros(N, E), uniform_ids, E).item() == pytest.approx(1.0, abs=1e-6)
+    skewed_logits = torch.zeros(N, E)
+    skewed_logits[:, :2] = 5.0
+    skewed_ids = torch.tensor([[0, 1]] * N)
+    assert balance_loss(skewed_logits, skewed_ids, E).item() > 3.0
+
+
+@both_blocks
+def test_logits_do_not_change_when_padding_is_added(cfg):
+    model = make_model(cfg=cfg)
+    ids, mask = random_batch(B=3, T=10, cfg=cfg)
+    base = model(ids, mask)
+    for extra in (1, 7, 30):
+        padded_ids = F.pad(ids, (0, extra), value=CFG.pad_id)
+        padded_mask = F.pad(mask, (0, extra), value=False)
+        torch.testing.assert_close(model(padded_ids, padded_mask), base, atol=1e-5, rtol=0)
+    # A text alone gives the same logits as inside a batch padded to a longer text.
+    short = int(mask[1].sum())
+    alone = model(ids[1:2, :short], mask[1:2, :short])
+    torch.testing.assert_close(alone, base[1:2], atol=1e-5, rtol=0)
+
+
+@both_blocks
+def test_forward_equals_composition_of_pieces(cfg):
+    model = make_model(cfg=cfg)
+    ids, mask = random_batch(cfg=cfg)
+    x = model.embedding(ids)
+    real = real_token_index(mask)
+    for block in model.blocks:
+        x, h = block.attention(x, mask)
+        h_real = h.reshape(-1, cfg.d_model)[real]
+        expert_ids, weights, _ = block.moe.router(h_real)
+        update = torch.zeros_like(h_real)
+        for e, expert in enumerate(block.moe.experts):
+            for slot in range(cfg.top_k):
+                chosen = expert_ids[:, slot] == e
+                if chosen.any():
+                    update[chosen] += weights[chosen, slot, None] * expert(h_real[chosen])
+        x = add_to_real_tokens(x, real, update)
+    logits = model.classifier(x, mask)
+    torch.testing.assert_close(model(ids, mask), logits, atol=1e-5, rtol=0)
+
+
+@both_blocks
+def test_torchscript_model_matches_eager(cfg):
+    model = make_model(cfg=cfg)
+    scripted = torch.jit.script(model)
+    ids, mask = random_batch(cfg=cfg)
+    torch.testing.assert_close(scripted(ids, mask), model(ids, mask), atol=1e-6, rtol=0)
+
+
+@both_blocks
+def test_save_load_gives_identical_logits(tmp_path, cfg):
+    model = make_model(cfg=cfg)
+    save_checkpoint(tmp_path / "ck", model, tokenizer_json="{}", metrics={"epochs": []})
+    loaded, _ = load_checkpoint(tmp_path / "ck")
+    ids, mask = random_batch(cfg=cfg)
+    assert torch.equal(loaded(ids, mask), model(ids, mask))
+
+
+def test_save_replaces_checkpoint_atomically(tmp_path):
+    out = tmp_path / "ck"
+    save_checkpoint(out, make_model(0), "{}", {"n": 1})
+    save_checkpoint(out, make_model(1), "{}", {"n": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+    loaded, _ = load_checkpoint(out)
+    ids, mask = random_batch()
+    assert torch.equal(loaded(ids, mask), make_model(1)(ids, mask))
+
+
+def test_auxiliary_losses_are_averaged_over_layers():
+    model = make_model()
+    ids, mask = random_batch()
+    _, expert_ids, logits = model.forward_routed(ids, mask)
+    bal, z = auxiliary_losses(CFG, expert_ids, logits)
+    per_layer = [balance_loss(l, e, CFG.n_experts) for e, l in zip(expert_ids, logits)]
+    assert bal.item() == pytest.approx(sum(p.item() for p in per_layer) / len(per_layer), rel=1e-6)
+    assert bal.item() >= 0.99 and z.item() > 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="divisible"):
+        MoEConfig(d_model=30, n_heads=4)
+    with pytest.raises(ValueError, match="top_k"):
+        MoEConfig(top_k=9, n_experts=8)
