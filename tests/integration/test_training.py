@@ -8,6 +8,7 @@ from moe.config import preset
 
 from ..conftest import run_cli
 from ..unit.test_cli_errors import assert_one_line_error
+from ..unit.test_upcycle import VOCAB, save_tiny_bert
 
 
 def test_train_then_eval_cli(tmp_path, data_dir):
@@ -59,3 +60,27 @@ def test_tiny_trains_and_loss_falls(data_dir, tmp_path):
     assert (tmp_path / "ck" / "model.safetensors").is_file()
     load = torch.tensor(history["epochs"][-1]["expert_load_train"])
     assert load.shape == (preset("tiny").n_layers, preset("tiny").n_experts) and load.sum() > 0
+
+
+def test_train_from_a_pretrained_bert_writes_an_upcycled_checkpoint(tmp_path, data_dir):
+    from moe.checkpoint import load_checkpoint
+    from moe.train import TRAIN_PRESETS
+    bert = save_tiny_bert(tmp_path / "bert")
+    out = tmp_path / "ck"
+    r = run_cli("train", "--init", bert, "--upcycle", "slice", "--preset", "tiny", "--data", data_dir,
+                "--out", out, "--epochs", 1, "--max-train-rows", 200)
+    assert r.returncode == 0, r.stderr
+    assert "upcycled" in r.stdout and "post-norm" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["upcycled_from"] == {"folder": str(bert), "method": "slice"}
+    # With --init the training defaults are the fine-tuning schedule, fp16 weights included.
+    assert metrics["train"]["lr"] == TRAIN_PRESETS["upcycle"]["lr"] and metrics["train"]["save_dtype"] == "float16"
+    model, path = load_checkpoint(out)
+    cfg = model.cfg
+    assert (cfg.norm_position, cfg.layer_norm_eps, cfg.d_model, cfg.n_experts, cfg.d_ff) == ("post", 1e-12, 32, 8, 8)
+    spec = json.loads((path / "tokenizer.json").read_text())
+    processor = spec["post_processor"]
+    assert [s["SpecialToken"]["id"] for s in processor["single"] if "SpecialToken" in s] == ["[CLS]", "[SEP]"]
+    # The template's ids are the trimmed vocabulary's, not the pretrained one's.
+    vocab = spec["model"]["vocab"]
+    assert processor["special_tokens"]["[SEP]"]["ids"] == [vocab["[SEP]"]] != [VOCAB.index("[SEP]")]

@@ -1,5 +1,6 @@
 """Upcycling a pretrained BERT into the post-norm MoE: the same encoder to float precision,
-the vocabulary trimmed without changing any training text's ids, export parity of the pieces."""
+the vocabulary trimmed without changing any training text's ids, export parity of the pieces.
+(Fine-tuning it end to end: tests/integration/test_training.py.)"""
 import dataclasses
 import json
 
@@ -10,7 +11,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from moe.checkpoint import load_checkpoint, save_checkpoint
 from moe.config import MoEConfig, preset
 from moe.errors import MoEError
-from moe.routing import add_to_real_tokens, combine, dispatch_plan, real_token_index
+from moe.routing import add_to_real_tokens, combine, dispatch_plan, real_token_index, real_tokens
 from moe.tokenizer import encode, load_fast_tokenizer
 from moe.upcycle import read_pretrained, start_from_pretrained, trim_vocabulary
 
@@ -45,8 +46,7 @@ def make_tokenizer() -> Tokenizer:
     return tok
 
 
-@pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory):
+def save_tiny_bert(folder):
     """A random 2-layer BERT saved the way Hugging Face saves one, with its tokenizer.json."""
     from transformers import BertConfig, BertModel
     torch.manual_seed(0)
@@ -58,10 +58,14 @@ def bert_folder(tmp_path_factory):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    folder = tmp_path_factory.mktemp("bert")
     model.save_pretrained(folder)
     make_tokenizer().save(str(folder / "tokenizer.json"))
     return folder
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
 
 
 def bert_hidden_states(folder, texts):
@@ -211,30 +215,14 @@ def test_exported_post_norm_pieces_match_eager_and_compose_like_the_bls(bert_fol
         for l in range(model.cfg.n_layers):
             layer = torch.tensor([l])
             x, h = piece["attention"](x, mask, layer)
-            h_real = h.reshape(-1, h.shape[-1]).index_select(0, real)
-            expert_ids, weights = piece["gating"](h_real, layer)
+            expert_ids, weights = piece["gating"](h, mask, layer)
+            h_real = real_tokens(h, real)
             token_index, slot_order, counts = dispatch_plan(expert_ids, model.cfg.n_experts)
             chunks = h_real.index_select(0, token_index).split(counts)
             outputs = [piece[f"expert_{e}"](c, layer) for e, c in enumerate(chunks)]
             x = add_to_real_tokens(x, real, combine(torch.cat(outputs), weights, slot_order))
         v1 = piece["classifier"](x, mask)
         torch.testing.assert_close(v1, model(ids, mask), atol=1e-5, rtol=0)
-
-
-def test_train_from_pretrained_writes_a_fine_tuned_checkpoint(bert_folder, data_dir, tmp_path):
-    from moe.train import TRAIN_PRESETS, TrainConfig, train
-    tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), epochs=1, max_train_rows=200)
-    history = train(BASE, tc, data_dir, tmp_path / "ck", log=lambda *_: None,
-                    init=bert_folder, upcycle="slice")
-    assert history["upcycled_from"] == {"folder": str(bert_folder), "method": "slice"}
-    model, path = load_checkpoint(tmp_path / "ck")
-    assert model.cfg.norm_position == "post" and model.cfg.layer_norm_eps == 1e-12
-    assert model.cfg.d_model == 32 and model.cfg.d_ff == 8 and model.cfg.n_experts == 8
-    spec = json.loads((path / "tokenizer.json").read_text())
-    processor = spec["post_processor"]
-    assert [s["SpecialToken"]["id"] for s in processor["single"] if "SpecialToken" in s] == ["[CLS]", "[SEP]"]
-    vocab = spec["model"]["vocab"]
-    assert processor["special_tokens"]["[SEP]"]["ids"] == [vocab["[SEP]"]] != [VOCAB.index("[SEP]")]
 
 
 def test_config_json_without_the_post_norm_keys_loads_as_pre_norm(tmp_path):
