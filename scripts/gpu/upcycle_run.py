@@ -3,9 +3,9 @@
 selected checkpoint.
 
 Run from the repository root on the GPU machine, on the trip folder that
-scripts/upcycle_trip.py packs (minilm/: the pretrained encoder; ag_news/: the CSVs, xz):
+scripts/gpu/upcycle_pack.py packs (minilm/: the pretrained encoder; ag_news/: the CSVs, xz):
 
-    python3 scripts/gpu_upcycle.py --trip TRIP --out $OUT [--runs copy,slice,...] [--time-limit 450]
+    python3 scripts/gpu/upcycle_run.py --trip TRIP --out $OUT [--runs copy,slice,...] [--time-limit 450]
 
 Each run is its own process (moe.train.train with --init semantics: best epoch by validation
 accuracy, never test), then its best checkpoint is evaluated once on the 7,600 test rows. Runs
@@ -36,7 +36,7 @@ import tarfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 # name -> upcycling method, peak learning rate, and model settings over the small preset's
@@ -247,9 +247,9 @@ def main() -> None:
     try:
         read_pretrained(args.trip / "minilm")
     except MoEError as e:
-        sys.exit(f"{e} (the trip is packed by scripts/upcycle_trip.py)")
+        sys.exit(f"{e} (the trip is packed by scripts/gpu/upcycle_pack.py)")
     if not (args.trip / "ag_news" / "test.csv.xz").is_file():
-        sys.exit(f"{args.trip} has no ag_news/ (the trip is packed by scripts/upcycle_trip.py)")
+        sys.exit(f"{args.trip} has no ag_news/ (the trip is packed by scripts/gpu/upcycle_pack.py)")
     started = time.time()
     shutil.rmtree(args.work, ignore_errors=True)
     unpack_data(args.trip, args.work)

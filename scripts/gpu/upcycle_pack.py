@@ -11,7 +11,7 @@ one call's carry. The CSVs go xz-compressed. One folder per call:
     OUT/part1/ag_news/{train,test}.csv.xz
     OUT/part2/minilm/shard 2
 
-    python scripts/upcycle_trip.py --init HF_FOLDER [--data ../shared/data/ag_news] [--out .devcarry/upcycle]
+    python scripts/gpu/upcycle_pack.py --init HF_FOLDER [--data ../shared/data/ag_news] [--out .devcarry/upcycle]
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from moe.data import read_csv  # noqa: E402
