@@ -67,12 +67,12 @@ def run_settings(name: str, args):
     from moe.train import TRAIN_PRESETS, TrainConfig
     cfg = dataclasses.replace(preset("small"), **model_settings(name))
     tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), lr=RUNS[name]["lr"])
-    for option in ("epochs", "batch_size"):
-        if getattr(args, option) is not None:
-            tc = dataclasses.replace(tc, **{option: getattr(args, option)})
     if args.dry_run:
         tc = dataclasses.replace(tc, max_train_rows=DRY_RUN["max_train_rows"], epochs=DRY_RUN["epochs"],
                                  batch_size=DRY_RUN["batch_size"])
+    for option in ("epochs", "batch_size"):
+        if getattr(args, option) is not None:
+            tc = dataclasses.replace(tc, **{option: getattr(args, option)})
     return cfg, tc
 
 
