@@ -358,10 +358,12 @@ def int_list(value: str) -> list[int]:
 @click.option("--torch-threads", default=1, show_default=True, help="the server's TorchScript threads")
 @click.option("--targets", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
               help="which targets the report checks")
+@click.option("--server-log", type=click.Path(path_type=Path),
+              help="keep the log of the server the bench starts here")
 @click.option("--no-plots", is_flag=True)
 @friendly_errors
 def bench(url, protocol, workflows, concurrency, batch_sizes, requests, batched_baseline, checkpoint, device,
-          data, out, repository, metrics_url, torch_threads, targets, no_plots):
+          data, out, repository, metrics_url, torch_threads, targets, server_log, no_plots):
     """Served throughput and latency of v1 and v2 against the in-process eager model."""
     import shlex
     import time
@@ -399,6 +401,8 @@ def bench(url, protocol, workflows, concurrency, batch_sizes, requests, batched_
     finally:
         if server is not None:
             server.stop()
+            if server_log is not None:
+                server_log.write_text(server.log_text())
             server.cleanup()
     out = Path(opts.out)
     click.echo((out / "bench.md").read_text())

@@ -6,10 +6,8 @@ import os
 import secrets
 import shutil
 import signal
-import site
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -69,11 +67,9 @@ def server_env(bundled: bool = True, torch_threads: int = 1) -> dict:
         # libtriton_pytorch.so finds libtorch in the installed torch package.
         extra = (str(libs), str(torch_paths()[1]))
         env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH"), *extra) if p)
-    # The stub embeds the system libpython: point it at this environment's packages, after what
-    # PYTHONPATH already names, so a package put there first (numpy 1.x for the stubs of Triton
-    # 2.51, which garble text under numpy 2) is the one the stubs import.
-    paths = [env.get("PYTHONPATH"), sysconfig.get_paths()["purelib"], *site.getsitepackages()]
-    env["PYTHONPATH"] = ":".join(dict.fromkeys(p for p in paths if p))
+    # The stub embeds the system libpython and ignores PYTHONPATH: it takes its packages from
+    # the environment of the `python3` first on PATH (venv, .pth files and all). This
+    # interpreter's folder goes first, so the stubs import what this environment has.
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     # Intra-op threads of every TorchScript model in the server (the libtorch backend's
     # per-model INTRA_OP_THREAD_COUNT sets one process-wide value, so it is set once here).

@@ -59,6 +59,10 @@ echo "rapidjson headers (Debian's rapidjson-dev)"
 (cd "$TMP" && apt-get download rapidjson-dev >/dev/null 2>&1) || { apt-get update -qq && (cd "$TMP" && apt-get download rapidjson-dev); }
 cp "$TMP"/rapidjson-dev_*.deb "$OUT/"
 
+echo "AG News test set (the data folder does not travel with the project)"
+DATA=$($PY -c 'from moe.data import DEFAULT_DATA; print(DEFAULT_DATA)')
+xz -9 -c "$DATA/test.csv" > "$OUT/test.csv.xz"
+
 if [ "$WITH_PROJECT" = 1 ]; then
   git archive --format=tar.gz -o "$OUT/project.tar.gz" HEAD
 fi
