@@ -205,14 +205,23 @@ class TritonPythonModel:
             raise StepFailed(f"{model}: {e}") from None
         if response.has_error():
             raise StepFailed(f"{model}: {response.error().message()}")
-        # Pieces on another device (experts spread over GPUs) answer there: the orchestration
-        # runs where this instance lives.
-        return [to_torch(pb_utils.get_output_tensor_by_name(response, name)).to(self.device)
-                for name in outputs]
+        return [self.here(to_torch(pb_utils.get_output_tensor_by_name(response, name))) for name in outputs]
+
+    def here(self, tensor):
+        """`tensor` on this instance's device. Pieces on another GPU (experts spread over GPUs)
+        answer there; a copy between GPUs runs asynchronously, and the answer's memory goes back
+        to Triton's pool once `tensor` is dropped, so the copy is waited for first."""
+        if tensor.device == self.device:
+            return tensor
+        moved = tensor.to(self.device)
+        if tensor.is_cuda and moved.is_cuda:
+            torch.cuda.current_stream(moved.device).synchronize()
+            torch.cuda.current_stream(tensor.device).synchronize()
+        return moved
 
     async def call_expert(self, e: int, h, layer):
         if self.remote is not None:
-            return [t.to(self.device) for t in await self.remote.call(self.experts[e], [h, layer])]
+            return [self.here(t) for t in await self.remote.call(self.experts[e], [h, layer])]
         return await self.call(self.experts[e], [("INPUT__0", h), ("INPUT__1", layer)], ["OUTPUT__0"])
 
     async def timed(self, stage: str, times: dict, awaitable):
