@@ -187,8 +187,13 @@ class TritonPythonModel:
         if args["model_instance_kind"] == "GPU":
             self.device = torch.device("cuda", int(args["model_instance_device_id"]))
             torch.cuda.set_device(self.device)
+            memory = (pb_utils.TRITONSERVER_MEMORY_GPU, self.device.index)
         else:
             self.device = torch.device("cpu")
+            memory = (pb_utils.TRITONSERVER_MEMORY_CPU, 0)
+        # Every piece answers into this instance's memory: Triton moves an expert's output from
+        # another GPU (or to the host) itself, finished before the answer arrives.
+        self.preferred_memory = pb_utils.PreferredMemory(*memory)
         self.layer_tensors = [torch.tensor([l], dtype=torch.int64) for l in range(self.n_layers)]
         endpoints = [u for u in os.environ.get("MOE_REMOTE_EXPERTS", "").split(",") if u]
         self.remote = RemoteExperts(endpoints, self.experts, float(p.get("remote_timeout_s", "30"))) if endpoints else None
@@ -198,7 +203,7 @@ class TritonPythonModel:
         """Run `model` on (name, tensor) inputs; its outputs as tensors on this instance's device."""
         request = pb_utils.InferenceRequest(
             model_name=model, requested_output_names=outputs,
-            inputs=[to_triton(name, tensor) for name, tensor in inputs])
+            inputs=[to_triton(name, tensor) for name, tensor in inputs], preferred_memory=self.preferred_memory)
         try:
             response = await request.async_exec()
         except Exception as e:  # noqa: BLE001 - e.g. the model's stub died mid-request
@@ -208,9 +213,10 @@ class TritonPythonModel:
         return [self.here(to_torch(pb_utils.get_output_tensor_by_name(response, name))) for name in outputs]
 
     def here(self, tensor):
-        """`tensor` on this instance's device. Pieces on another GPU (experts spread over GPUs)
-        answer there; a copy between GPUs runs asynchronously, and the answer's memory goes back
-        to Triton's pool once `tensor` is dropped, so the copy is waited for first."""
+        """`tensor` on this instance's device (a remote expert's answer, or a piece's where
+        Triton did not honour the preferred memory). A copy between GPUs runs asynchronously and
+        the source's memory goes back to Triton's pool once `tensor` is dropped, so the copy is
+        waited for first."""
         if tensor.device == self.device:
             return tensor
         moved = tensor.to(self.device)
