@@ -4,7 +4,7 @@ Inputs and outputs follow NVIDIA's pytorch_libtorch convention: forward's argume
 INPUT__0, INPUT__1, ... and its returned tuple is OUTPUT__0, OUTPUT__1, ... in that order. A piece
 that is per layer holds that piece of every layer and takes the layer as an INT64 [1] tensor.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -89,6 +89,21 @@ class ClassifierPiece(nn.Module):
         return self.classifier(x, mask)
 
 
+class Postprocessing(nn.Module):
+    """logits -> class probabilities, the most likely class's id and its name: the answer of
+    v1 and v2 alike."""
+
+    def __init__(self, labels: List[str]):
+        super().__init__()
+        self.labels = list(labels)
+
+    def forward(self, logits: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
+        probs = torch.softmax(logits.float(), dim=-1)
+        label_id = probs.argmax(dim=-1)
+        ids: List[int] = label_id.tolist()
+        return probs, label_id.unsqueeze(1), [self.labels[i] for i in ids]
+
+
 def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) -> Tuple[Tensor, Tensor]:
     """Texts of different lengths, concatenated ([sum of lengths]), back to [B, T] with padding.
 
@@ -104,26 +119,42 @@ def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) ->
 class FullModel(nn.Module):
     """v2 over a ragged batch: Triton's dynamic batcher concatenates requests of any lengths
     (each padded by the tokenizer to its own longest text) and gives each text's length (the
-    BATCH_ITEM_SHAPE batch input), so texts of different lengths share one forward pass."""
+    BATCH_ITEM_SHAPE batch input), so texts of different lengths share one call.
 
-    def __init__(self, model: MoEClassifier):
+    With `length_group` > 0 the texts run sorted by length in groups of that many, each padded
+    only to its own longest text (measured on the 2-core CPU: 2.87 ms per test text in groups of
+    16, against 3.45 ms as one padded batch of 64 and 3.19 ms in groups of 16 in arrival order);
+    0 runs the batch as one (a GPU, where each group costs its own kernel launches)."""
+
+    def __init__(self, model: MoEClassifier, length_group: int = 0):
         super().__init__()
         self.model = model
         self.pad_id = model.cfg.pad_id
+        self.n_classes = model.cfg.n_classes
+        self.length_group = length_group
 
     def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         ids, mask = unflatten_ragged(ids, mask, lengths, self.pad_id)
-        return self.model(ids, mask)
+        if self.length_group <= 0 or ids.shape[0] <= 1:
+            return self.model(ids, mask)
+        real = mask.sum(1)
+        logits = torch.empty(ids.shape[0], self.n_classes, device=ids.device)
+        for group in torch.argsort(real).split(self.length_group):
+            width = int(real.index_select(0, group).max())
+            out = self.model(ids.index_select(0, group)[:, :width], mask.index_select(0, group)[:, :width])
+            logits.index_copy_(0, group, out.to(logits.dtype))
+        return logits
 
 
-def build_pieces(model: MoEClassifier) -> dict:
-    """Triton model name -> eager wrapper module."""
+def build_pieces(model: MoEClassifier, length_group: int = 0) -> dict:
+    """Triton model name -> eager wrapper module (`length_group`: see FullModel)."""
     pieces = {
         "embedding": EmbeddingPiece(model),
         "attention": AttentionPiece(model),
         "gating": GatingPiece(model),
         "classifier": ClassifierPiece(model),
-        "full_model": FullModel(model),
+        "full_model": FullModel(model, length_group),
+        "postprocessing": Postprocessing(list(model.cfg.labels)),
     }
     for e in range(model.cfg.n_experts):
         pieces[f"expert_{e}"] = ExpertPiece(model, e)
@@ -161,4 +192,5 @@ def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
                 samples[f"expert_{e}"].append((h_real[e::cfg.n_experts], layer))
             x, _, _ = block(x, mask, real)
         samples["classifier"].append((x, mask))
+        samples["postprocessing"] = [(model.classifier(x, mask),)]
     return samples

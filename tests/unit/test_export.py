@@ -47,3 +47,13 @@ def test_full_model_on_a_ragged_batch_equals_the_padded_forward():
     torch.testing.assert_close(joined, expected, atol=1e-5, rtol=0)
     scripted = torch.jit.script(full)
     torch.testing.assert_close(scripted(*ragged(ids, mask)), expected, atol=1e-5, rtol=0)
+
+
+def test_full_model_in_length_sorted_groups_equals_the_padded_forward():
+    model = make_model()
+    ids, mask = random_batch(B=11, T=14, seed=3)
+    with torch.no_grad():
+        expected = model(ids, mask)
+        for group in (1, 4, 16):
+            got = torch.jit.script(FullModel(model, length_group=group).eval())(*ragged(ids, mask))
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
