@@ -1,5 +1,6 @@
 """In-process baselines: the checkpoint's eager model in this very process, tokenization
 included (the server tokenizes too), one batch after the other, under torch.inference_mode."""
+
 from __future__ import annotations
 
 import time
@@ -24,7 +25,7 @@ class EagerModel:
     def classify(self, texts: list[str]) -> list[str]:
         ids, mask = encode(self.tokenizer, texts, self.model.cfg.max_len)
         predicted = self.model(ids.to(self.device), mask.to(self.device)).argmax(-1)
-        return [self.labels[i] for i in predicted.tolist()]     # .tolist() waits for the GPU
+        return [self.labels[i] for i in predicted.tolist()]  # .tolist() waits for the GPU
 
     def run(self, batches: list[list[str]], warmup: int = 16, progress=None) -> LoadResult:
         """Every batch once, one after the other; latency per batch, labels kept."""
@@ -47,6 +48,6 @@ def eager_labels(checkpoint, texts: list[str], batch_size: int = 256) -> dict[st
     model = EagerModel(checkpoint)
     labels: dict[str, str] = {}
     for start in range(0, len(texts), batch_size):
-        part = texts[start:start + batch_size]
+        part = texts[start : start + batch_size]
         labels.update(zip(part, model.classify(part)))
     return labels

@@ -4,6 +4,7 @@ C workers share one AsyncMoEClient; each sends its next request when its previou
 arrived. Every request is (workflow, texts); every answer is kept, so a caller can check it
 against the eager model, and every error is counted by its message, never swallowed.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-Request = tuple[str, list[str]]        # (workflow "v1" | "v2", texts)
+Request = tuple[str, list[str]]  # (workflow "v1" | "v2", texts)
 
 
 @dataclass
@@ -21,10 +22,10 @@ class LoadResult:
     requests: int = 0
     texts: int = 0
     seconds: float = 0.0
-    latencies_ms: list = field(default_factory=list)        # answered requests
+    latencies_ms: list = field(default_factory=list)  # answered requests
     error_latencies_ms: list = field(default_factory=list)  # rejected or failed requests
-    errors: dict = field(default_factory=dict)              # first line of the message -> count
-    answers: list = field(default_factory=list)             # labels per request; None if it failed
+    errors: dict = field(default_factory=dict)  # first line of the message -> count
+    answers: list = field(default_factory=list)  # labels per request; None if it failed
 
     def wrong_answers(self, plan: list[Request], label_of: dict[str, str]) -> int:
         """Answers that differ from `label_of[text]` (a missing or extra label counts too)."""
@@ -37,14 +38,21 @@ class LoadResult:
     def summary(self) -> dict:
         def pct(values, q):
             return round(float(np.percentile(values, q)), 3) if values else None
+
         answered = sum(len(a) for a in self.answers if a is not None)
-        return dict(requests=self.requests, texts=self.texts, seconds=round(self.seconds, 3),
-                    throughput=round(answered / max(self.seconds, 1e-9), 2),
-                    p50_ms=pct(self.latencies_ms, 50), p95_ms=pct(self.latencies_ms, 95),
-                    p99_ms=pct(self.latencies_ms, 99),
-                    mean_ms=round(float(np.mean(self.latencies_ms)), 3) if self.latencies_ms else None,
-                    errors=sum(self.errors.values()), error_messages=dict(self.errors),
-                    error_p99_ms=pct(self.error_latencies_ms, 99))
+        return dict(
+            requests=self.requests,
+            texts=self.texts,
+            seconds=round(self.seconds, 3),
+            throughput=round(answered / max(self.seconds, 1e-9), 2),
+            p50_ms=pct(self.latencies_ms, 50),
+            p95_ms=pct(self.latencies_ms, 95),
+            p99_ms=pct(self.latencies_ms, 99),
+            mean_ms=round(float(np.mean(self.latencies_ms)), 3) if self.latencies_ms else None,
+            errors=sum(self.errors.values()),
+            error_messages=dict(self.errors),
+            error_p99_ms=pct(self.error_latencies_ms, 99),
+        )
 
 
 async def closed_loop(client, plan: list[Request], concurrency: int, progress=None) -> LoadResult:
@@ -77,15 +85,17 @@ async def closed_loop(client, plan: list[Request], concurrency: int, progress=No
     return result
 
 
-def mixed_plan(texts: list[str], requests: int, workflows=("v1", "v2"), batch_sizes=(1, 2, 4, 8, 16),
-               seed: int = 0) -> list[Request]:
+def mixed_plan(
+    texts: list[str], requests: int, workflows=("v1", "v2"), batch_sizes=(1, 2, 4, 8, 16), seed: int = 0
+) -> list[Request]:
     """`requests` requests of a random workflow and batch size, of random texts."""
     rng = random.Random(seed)
-    return [(rng.choice(workflows), [texts[i] for i in rng.sample(range(len(texts)), rng.choice(batch_sizes))])
-            for _ in range(requests)]
+    return [
+        (rng.choice(workflows), [texts[i] for i in rng.sample(range(len(texts)), rng.choice(batch_sizes))])
+        for _ in range(requests)
+    ]
 
 
 def batches(texts: list[str], batch_size: int, n: int, start: int = 0) -> list[list[str]]:
     """n batches of batch_size consecutive texts, cycling through `texts`."""
-    return [[texts[((start + r) * batch_size + i) % len(texts)] for i in range(batch_size)]
-            for r in range(n)]
+    return [[texts[((start + r) * batch_size + i) % len(texts)] for i in range(batch_size)] for r in range(n)]

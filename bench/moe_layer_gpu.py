@@ -35,6 +35,7 @@ Usage:
   python3 bench/moe_layer_gpu.py --smoke --out DIR         # CPU, tiny sizes, a few seconds
   python3 bench/moe_layer_gpu.py --plot-from DIR/moe_layer_gpu.json --img docs/img/gpu_moe_layer.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -60,12 +61,21 @@ from moe.config import MoEConfig, preset  # noqa: E402
 from moe.model import MoEFeedForward  # noqa: E402
 from moe.routing import combine, dispatch_plan  # noqa: E402
 
-VARIANTS = ["sparse_sort", "sparse_sort_index_add", "sparse_sort_copy", "sparse_sort_gather_bmm",
-            "mask_loop", "dense", "grouped_mm",
-            "grouped_mm_prestacked", "compiled_grouped_mm", "compiled_sparse_sort"]
+VARIANTS = [
+    "sparse_sort",
+    "sparse_sort_index_add",
+    "sparse_sort_copy",
+    "sparse_sort_gather_bmm",
+    "mask_loop",
+    "dense",
+    "grouped_mm",
+    "grouped_mm_prestacked",
+    "compiled_grouped_mm",
+    "compiled_sparse_sort",
+]
 
 
-def bench_configs(smoke: bool) -> Dict[str, MoEConfig]:
+def bench_configs(smoke: bool) -> dict[str, MoEConfig]:
     if smoke:
         return {
             "smoke-e8": MoEConfig(d_model=64, n_heads=2, d_ff=128, n_experts=8, top_k=2, dropout=0.0),
@@ -73,7 +83,7 @@ def bench_configs(smoke: bool) -> Dict[str, MoEConfig]:
         }
     seed = preset("seed")
     return {
-        "seed": seed,                                                   # 512 / 2048, 8 experts, top-2
+        "seed": seed,  # 512 / 2048, 8 experts, top-2
         "large": MoEConfig(d_model=1024, n_heads=16, d_ff=4096, n_experts=8, top_k=2),
         "seed-e64": MoEConfig(d_model=512, n_heads=8, d_ff=2048, n_experts=64, top_k=2),
     }
@@ -85,6 +95,7 @@ def flops_per_call(cfg: MoEConfig, n: int) -> float:
 
 # ----------------------------------------------------------------------------- implementations
 
+
 def sparse_sort(moe: MoEFeedForward, h: Tensor) -> Tensor:
     return moe(h)[0]
 
@@ -94,7 +105,7 @@ def sparse_sort_with(moe: MoEFeedForward, h: Tensor, combine_fn) -> Tensor:
     expert_ids, weights, _ = moe.router(h)
     token_index, slot_order, counts = dispatch_plan(expert_ids, moe.n_experts)
     chunks = h.index_select(0, token_index).split(counts)
-    outputs: List[Tensor] = []
+    outputs: list[Tensor] = []
     for e, expert in enumerate(moe.experts):
         outputs.append(expert(chunks[e]) if counts[e] > 0 else chunks[e])
     return combine_fn(torch.cat(outputs), weights, token_index, slot_order)
@@ -111,7 +122,7 @@ def combine_copy(y: Tensor, weights: Tensor, token_index: Tensor, slot_order: Te
     """Un-permute the weighted slot outputs (index_copy) and sum the k slots of each token."""
     n, k = weights.shape
     w = weights.reshape(-1).index_select(0, slot_order).unsqueeze(1).to(y.dtype)
-    slots = torch.empty_like(y).index_copy_(0, slot_order, y * w)       # back to [token, k] order
+    slots = torch.empty_like(y).index_copy_(0, slot_order, y * w)  # back to [token, k] order
     return slots.view(n, k, -1).sum(1)
 
 
@@ -119,7 +130,8 @@ def combine_gather_bmm(y: Tensor, weights: Tensor, token_index: Tensor, slot_ord
     """The model's gather, with the weighted sum over k as one bmm ([N,1,k] @ [N,k,D])."""
     n, k = weights.shape
     inverse = torch.empty_like(slot_order).index_copy_(
-        0, slot_order, torch.arange(slot_order.numel(), device=slot_order.device))
+        0, slot_order, torch.arange(slot_order.numel(), device=slot_order.device)
+    )
     g = y.index_select(0, inverse).view(n, k, -1)
     return torch.bmm(weights.to(g.dtype).unsqueeze(1), g).squeeze(1)
 
@@ -138,22 +150,24 @@ def mask_loop(moe: MoEFeedForward, h: Tensor) -> Tensor:
 
 def stack_weights(moe: MoEFeedForward):
     """Experts' weights as grouped-GEMM operands: x @ W1t[e] == fc1_e(x) - b1[e]."""
-    w1t = torch.stack([e.fc1.weight for e in moe.experts]).transpose(1, 2)   # [E, d, f]
-    w2t = torch.stack([e.fc2.weight for e in moe.experts]).transpose(1, 2)   # [E, f, d]
-    b1 = torch.stack([e.fc1.bias for e in moe.experts])                      # [E, f]
-    b2 = torch.stack([e.fc2.bias for e in moe.experts])                      # [E, d]
+    w1t = torch.stack([e.fc1.weight for e in moe.experts]).transpose(1, 2)  # [E, d, f]
+    w2t = torch.stack([e.fc2.weight for e in moe.experts]).transpose(1, 2)  # [E, f, d]
+    b1 = torch.stack([e.fc1.bias for e in moe.experts])  # [E, f]
+    b2 = torch.stack([e.fc2.bias for e in moe.experts])  # [E, d]
     return w1t, b1, w2t, b2
 
 
-def grouped_core(router: nn.Module, n_experts: int, h: Tensor, w1t: Tensor, b1: Tensor,
-                 w2t: Tensor, b2: Tensor) -> Tensor:
+def grouped_core(
+    router: nn.Module, n_experts: int, h: Tensor, w1t: Tensor, b1: Tensor, w2t: Tensor, b2: Tensor
+) -> Tensor:
     expert_ids, weights, _ = router(h)
     k = expert_ids.shape[1]
     flat = expert_ids.reshape(-1)
     slot_order = torch.argsort(flat, stable=True)
     token_index = torch.div(slot_order, k, rounding_mode="floor")
     counts = torch.zeros(n_experts, dtype=torch.int64, device=h.device).scatter_add_(
-        0, flat, torch.ones_like(flat))                                     # fixed shape, no sync
+        0, flat, torch.ones_like(flat)
+    )  # fixed shape, no sync
     offs = torch.cumsum(counts, 0).to(torch.int32)
     sorted_e = flat.index_select(0, slot_order)
     x = h.index_select(0, token_index)
@@ -179,6 +193,7 @@ class DenseFFN(nn.Module):
 
 # ----------------------------------------------------------------------------- timing
 
+
 class Timer:
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
@@ -194,7 +209,7 @@ class Timer:
         self.sync()
         est = max((time.perf_counter() - t0) / max(warmup, 1), 1e-6)
         reps = int(min(max_reps, max(5, target_s / est)))
-        ms: List[float] = []
+        ms: list[float] = []
         for _ in range(reps):
             if self.cuda:
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -208,9 +223,14 @@ class Timer:
                 fn()
                 ms.append((time.perf_counter() - t) * 1e3)
         ms.sort()
-        return {"ms": statistics.median(ms), "ms_min": ms[0], "ms_max": ms[-1],
-                "ms_p10": ms[int(0.1 * (len(ms) - 1))], "ms_p90": ms[int(0.9 * (len(ms) - 1))],
-                "reps": reps}
+        return {
+            "ms": statistics.median(ms),
+            "ms_min": ms[0],
+            "ms_max": ms[-1],
+            "ms_p10": ms[int(0.1 * (len(ms) - 1))],
+            "ms_p90": ms[int(0.9 * (len(ms) - 1))],
+            "reps": reps,
+        }
 
 
 def compare(out: Tensor, ref: Tensor, rel_tol: float) -> dict:
@@ -225,22 +245,36 @@ def compare(out: Tensor, ref: Tensor, rel_tol: float) -> dict:
 
 # ----------------------------------------------------------------------------- the run
 
+
 def env_info(device: torch.device) -> dict:
-    info = {"torch": torch.__version__, "python": platform.python_version(),
-            "device_type": device.type, "has_grouped_mm": hasattr(torch, "_grouped_mm"),
-            "cpu_threads": torch.get_num_threads()}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device_type": device.type,
+        "has_grouped_mm": hasattr(torch, "_grouped_mm"),
+        "cpu_threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
-        info.update({"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
-                     "sm_count": p.multi_processor_count,
-                     "gpu_mem_gib": round(p.total_memory / 2**30, 1),
-                     "capability": f"{p.major}.{p.minor}"})
+        info.update(
+            {
+                "gpu": torch.cuda.get_device_name(device),
+                "cuda": torch.version.cuda,
+                "sm_count": p.multi_processor_count,
+                "gpu_mem_gib": round(p.total_memory / 2**30, 1),
+                "capability": f"{p.major}.{p.minor}",
+            }
+        )
         try:
             import subprocess
+
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                capture_output=True, text=True, timeout=20).stdout.strip()
-        except Exception as exc:  # pragma: no cover - best effort
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+        except Exception as exc:  # noqa: BLE001 - best effort: the driver version is only reported
             info["driver"] = f"unknown ({exc})"
     else:
         info["cpu"] = platform.processor() or platform.machine()
@@ -251,10 +285,10 @@ def matmul_ceiling(device: torch.device, timer: Timer, n: int) -> float:
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     t = timer.time(lambda: a @ b, warmup=3, max_reps=20, target_s=0.3)
-    return 2.0 * n ** 3 / (t["ms"] * 1e-3) / 1e12
+    return 2.0 * n**3 / (t["ms"] * 1e-3) / 1e12
 
 
-def fp32_checks(cfg: MoEConfig, device: torch.device, n: int) -> List[dict]:
+def fp32_checks(cfg: MoEConfig, device: torch.device, n: int) -> list[dict]:
     """Dispatch variants vs sparse_sort, all in fp32 (tf32 off): the exactness the tests need."""
     prev = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -265,28 +299,29 @@ def fp32_checks(cfg: MoEConfig, device: torch.device, n: int) -> List[dict]:
         rows = []
         with torch.no_grad():
             ref = sparse_sort(moe, h)
-            for name, fn in [("sparse_sort_index_add", lambda m, x: sparse_sort_with(m, x, combine_index_add)),
-                             ("sparse_sort_copy", lambda m, x: sparse_sort_with(m, x, combine_copy)),
-                             ("sparse_sort_gather_bmm", lambda m, x: sparse_sort_with(m, x, combine_gather_bmm)),
-                             ("mask_loop", mask_loop),
-                             ("grouped_mm", grouped_mm)]:
+            for name, fn in [
+                ("sparse_sort_index_add", lambda m, x: sparse_sort_with(m, x, combine_index_add)),
+                ("sparse_sort_copy", lambda m, x: sparse_sort_with(m, x, combine_copy)),
+                ("sparse_sort_gather_bmm", lambda m, x: sparse_sort_with(m, x, combine_gather_bmm)),
+                ("mask_loop", mask_loop),
+                ("grouped_mm", grouped_mm),
+            ]:
                 try:
                     diff = float((fn(moe, h) - ref).abs().max())
-                    rows.append({"variant": name, "tokens": n, "max_abs_diff": diff,
-                                 "ok_1e-5": diff <= 1e-5})
-                except Exception as exc:
+                    rows.append({"variant": name, "tokens": n, "max_abs_diff": diff, "ok_1e-5": diff <= 1e-5})
+                except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the others run
                     rows.append({"variant": name, "tokens": n, "error": f"{type(exc).__name__}: {exc}"[:300]})
         return rows
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
 
 
-def stage_breakdown(moe: MoEFeedForward, h: Tensor, timer: Timer, reps: int = 7) -> Dict[str, float]:
+def stage_breakdown(moe: MoEFeedForward, h: Tensor, timer: Timer, reps: int = 7) -> dict[str, float]:
     """Where sparse_sort's time goes (CUDA events between the stages of MoEFeedForward.forward)."""
     if not timer.cuda:
         return {}
     names = ["router", "dispatch_plan (incl. host sync)", "gather", "experts", "cat", "combine"]
-    per: Dict[str, List[float]] = {k: [] for k in names}
+    per: dict[str, list[float]] = {k: [] for k in names}
     for _ in range(reps + 2):
         ev = [torch.cuda.Event(enable_timing=True) for _ in range(len(names) + 1)]
         ev[0].record()
@@ -308,7 +343,7 @@ def stage_breakdown(moe: MoEFeedForward, h: Tensor, timer: Timer, reps: int = 7)
     return {k: statistics.median(v[2:]) for k, v in per.items()}
 
 
-def gemm_only(moe: MoEFeedForward, stacked, h: Tensor, timer: Timer) -> Dict[str, float]:
+def gemm_only(moe: MoEFeedForward, stacked, h: Tensor, timer: Timer) -> dict[str, float]:
     """The expert FFNs alone on already-grouped tokens (ms): per-expert nn.Linear loop vs
     torch._grouped_mm (without and with the per-row bias gather it needs)."""
     w1t, b1, w2t, b2 = stacked
@@ -346,17 +381,31 @@ def run(args) -> dict:
     configs = bench_configs(smoke)
     if args.configs:
         configs = {k: v for k, v in configs.items() if k in args.configs.split(",")}
-    tokens = [int(t) for t in args.tokens.split(",")] if args.tokens else (
-        [128, 512] if smoke else [1024, 4096, 16384, 65536, 262144])
+    tokens = (
+        [int(t) for t in args.tokens.split(",")]
+        if args.tokens
+        else ([128, 512] if smoke else [1024, 4096, 16384, 65536, 262144])
+    )
     do_compile = device.type == "cuda" and not args.no_compile
     info = env_info(device)
     print(f"# env: {json.dumps(info)}", flush=True)
-    data = {"env": info, "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-            "smoke": smoke, "dtype": "bfloat16",
-            "configs": {k: {"d_model": c.d_model, "d_ff": c.d_ff, "n_experts": c.n_experts,
-                            "top_k": c.top_k} for k, c in configs.items()},
-            "tokens": tokens, "results": [], "fp32_check": [], "breakdown": {}, "gemm_only": {}, "compile": {},
-            "skipped": []}
+    data = {
+        "env": info,
+        "command": " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+        "smoke": smoke,
+        "dtype": "bfloat16",
+        "configs": {
+            k: {"d_model": c.d_model, "d_ff": c.d_ff, "n_experts": c.n_experts, "top_k": c.top_k}
+            for k, c in configs.items()
+        },
+        "tokens": tokens,
+        "results": [],
+        "fp32_check": [],
+        "breakdown": {},
+        "gemm_only": {},
+        "compile": {},
+        "skipped": [],
+    }
     warmup = 2 if smoke else 3
     max_reps = 5 if smoke else 40
     target_s = 0.05 if smoke else 0.25
@@ -366,8 +415,7 @@ def run(args) -> dict:
         print(f"# bf16 8192^3 matmul: {data['matmul_ceiling_tflops']:.0f} TFLOP/s", flush=True)
 
     for cname, cfg in configs.items():
-        data["fp32_check"] += [dict(r, config=cname) for r in
-                               fp32_checks(cfg, device, 256 if smoke else 8192)]
+        data["fp32_check"] += [dict(r, config=cname) for r in fp32_checks(cfg, device, 256 if smoke else 8192)]
         for r in data["fp32_check"]:
             if r["config"] == cname:
                 print(f"# fp32 check {cname}: {r}", flush=True)
@@ -379,7 +427,7 @@ def run(args) -> dict:
         dense = DenseFFN(cfg).to(device=device, dtype=torch.bfloat16).eval()
         models[cname] = (cfg, moe, dense, stack_weights(moe))
 
-    def fns(cname: str) -> Dict[str, Callable[[Tensor], Tensor]]:
+    def fns(cname: str) -> dict[str, Callable[[Tensor], Tensor]]:
         cfg, moe, dense, stacked = models[cname]
         return {
             "sparse_sort": lambda h: sparse_sort(moe, h),
@@ -392,7 +440,7 @@ def run(args) -> dict:
             "grouped_mm_prestacked": lambda h: grouped_core(moe.router, moe.n_experts, h, *stacked),
         }
 
-    def measure(cname: str, n: int, name: str, fn, h: Tensor, ref: Optional[Tensor]):
+    def measure(cname: str, n: int, name: str, fn, h: Tensor, ref: Tensor | None):
         cfg = models[cname][0]
         row = {"config": cname, "tokens": n, "variant": name}
         try:
@@ -402,7 +450,7 @@ def run(args) -> dict:
                     row["check"] = compare(out, ref, args.rel_tol)
                 del out
                 t = timer.time(lambda: fn(h), warmup, max_reps, target_s)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a variant that fails is reported, the others run
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
             print(f"  {cname:9s} {n:7d} {name:22s} ERROR {row['error']}", flush=True)
             data["results"].append(row)
@@ -412,9 +460,11 @@ def run(args) -> dict:
         row["tflops"] = flops_per_call(cfg, n) / (t["ms"] * 1e-3) / 1e12
         data["results"].append(row)
         chk = row.get("check")
-        print(f"  {cname:9s} {n:7d} {name:22s} {t['ms']:9.3f} ms  {row['tflops']:7.1f} TFLOP/s"
-              f"  reps={t['reps']}" + (f"  rel_err={chk['rel_err']:.1e} ok={chk['ok']}" if chk else ""),
-              flush=True)
+        print(
+            f"  {cname:9s} {n:7d} {name:22s} {t['ms']:9.3f} ms  {row['tflops']:7.1f} TFLOP/s"
+            f"  reps={t['reps']}" + (f"  rel_err={chk['rel_err']:.1e} ok={chk['ok']}" if chk else ""),
+            flush=True,
+        )
         return row
 
     # Eager variants: every config and token count.
@@ -456,8 +506,8 @@ def run(args) -> dict:
             cfg, moe, dense, stacked = models[cname]
             compiled = {
                 "compiled_grouped_mm": torch.compile(
-                    lambda h, _m=moe, _s=stacked: grouped_core(_m.router, _m.n_experts, h, *_s),
-                    dynamic=True),
+                    lambda h, _m=moe, _s=stacked: grouped_core(_m.router, _m.n_experts, h, *_s), dynamic=True
+                ),
                 "compiled_sparse_sort": torch.compile(moe, dynamic=True),
             }
             for name, cfn in compiled.items():
@@ -478,9 +528,15 @@ def run(args) -> dict:
                         try:
                             fn(h)
                             timer.sync()
-                        except Exception as exc:
-                            data["results"].append({"config": cname, "tokens": n, "variant": name,
-                                                    "error": f"{type(exc).__name__}: {exc}"[:300]})
+                        except Exception as exc:  # noqa: BLE001 - reported in the results, the run goes on
+                            data["results"].append(
+                                {
+                                    "config": cname,
+                                    "tokens": n,
+                                    "variant": name,
+                                    "error": f"{type(exc).__name__}: {exc}"[:300],
+                                }
+                            )
                             print(f"  {cname} {n} {name} compile ERROR {exc!s:.300}", flush=True)
                             break
                         data["compile"][f"{cname}/{name}/{n}"] = time.perf_counter() - t0
@@ -488,12 +544,11 @@ def run(args) -> dict:
                     del h, ref
         try:
             torch._dynamo.reset()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - resetting dynamo's caches is best effort
             pass
 
     # ratio to dense
-    dense_ms = {(r["config"], r["tokens"]): r["ms"] for r in data["results"]
-                if r["variant"] == "dense" and "ms" in r}
+    dense_ms = {(r["config"], r["tokens"]): r["ms"] for r in data["results"] if r["variant"] == "dense" and "ms" in r}
     for r in data["results"]:
         key = (r["config"], r["tokens"])
         if "ms" in r and key in dense_ms:
@@ -504,25 +559,31 @@ def run(args) -> dict:
 
 # ----------------------------------------------------------------------------- reports
 
+
 def render_markdown(data: dict) -> str:
     env = data["env"]
     where = env.get("gpu") or env.get("cpu", "cpu")
-    lines = [f"Machine: **{where}**, torch {env['torch']}"
-             + (f", CUDA {env.get('cuda')}, driver {env.get('driver')}, {env.get('sm_count')} SMs"
-                if env.get("gpu") else "") + f"; dtype {data['dtype']}.", ""]
+    lines = [
+        f"Machine: **{where}**, torch {env['torch']}"
+        + (f", CUDA {env.get('cuda')}, driver {env.get('driver')}, {env.get('sm_count')} SMs" if env.get("gpu") else "")
+        + f"; dtype {data['dtype']}.",
+        "",
+    ]
     if "matmul_ceiling_tflops" in data:
         lines += [f"bf16 8192x8192x8192 matmul on this card: {data['matmul_ceiling_tflops']:.0f} TFLOP/s.", ""]
-    by_cfg: Dict[str, List[dict]] = {}
+    by_cfg: dict[str, list[dict]] = {}
     for r in data["results"]:
         by_cfg.setdefault(r["config"], []).append(r)
     for cname, rows in by_cfg.items():
         c = data["configs"][cname]
         variants = [v for v in VARIANTS if any(r["variant"] == v for r in rows)]
         tokens = sorted({r["tokens"] for r in rows})
-        lines += [f"### `{cname}`: d_model {c['d_model']}, d_ff {c['d_ff']}, "
-                  f"{c['n_experts']} experts, top-{c['top_k']}", "",
-                  "Ratio to dense (dense time / variant time; >= 0.7 is the target), "
-                  "TFLOP/s in brackets:", ""]
+        lines += [
+            f"### `{cname}`: d_model {c['d_model']}, d_ff {c['d_ff']}, {c['n_experts']} experts, top-{c['top_k']}",
+            "",
+            "Ratio to dense (dense time / variant time; >= 0.7 is the target), TFLOP/s in brackets:",
+            "",
+        ]
         lines.append("| tokens | " + " | ".join(variants) + " |")
         lines.append("|---:|" + "---:|" * len(variants))
         for n in tokens:
@@ -537,10 +598,14 @@ def render_markdown(data: dict) -> str:
                     bad = "" if r.get("check", {"ok": True})["ok"] else " **WRONG**"
                     cells.append(f"{r.get('ratio_to_dense', float('nan')):.2f} ({r['tflops']:.0f}){bad}")
             lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
-        lines += ["", "<details><summary>all numbers</summary>", "",
-                  "| tokens | variant | median ms | p10-p90 ms | reps | Mtokens/s | TFLOP/s "
-                  "| ratio to dense | rel. err vs sparse_sort |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "<details><summary>all numbers</summary>",
+            "",
+            "| tokens | variant | median ms | p10-p90 ms | reps | Mtokens/s | TFLOP/s "
+            "| ratio to dense | rel. err vs sparse_sort |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for n in tokens:
             for v in variants:
                 r = next((r for r in rows if r["tokens"] == n and r["variant"] == v), None)
@@ -550,12 +615,22 @@ def render_markdown(data: dict) -> str:
                     lines.append(f"| {n:,} | {v} | error: {r.get('error', '')[:80]} | | | | | | |")
                     continue
                 chk = r.get("check")
-                err = "reference" if v == "sparse_sort" else (
-                    "n/a (other weights)" if v == "dense" else
-                    (f"{chk['rel_err']:.1e}" + ("" if chk["ok"] else " FAIL")) if chk else "")
-                lines.append(f"| {n:,} | {v} | {r['ms']:.3f} | {r['ms_p10']:.3f}-{r['ms_p90']:.3f} "
-                             f"| {r['reps']} | {r['tokens_per_s'] / 1e6:.2f} | {r['tflops']:.1f} "
-                             f"| {r.get('ratio_to_dense', float('nan')):.2f} | {err} |")
+                err = (
+                    "reference"
+                    if v == "sparse_sort"
+                    else (
+                        "n/a (other weights)"
+                        if v == "dense"
+                        else (f"{chk['rel_err']:.1e}" + ("" if chk["ok"] else " FAIL"))
+                        if chk
+                        else ""
+                    )
+                )
+                lines.append(
+                    f"| {n:,} | {v} | {r['ms']:.3f} | {r['ms_p10']:.3f}-{r['ms_p90']:.3f} "
+                    f"| {r['reps']} | {r['tokens_per_s'] / 1e6:.2f} | {r['tflops']:.1f} "
+                    f"| {r.get('ratio_to_dense', float('nan')):.2f} | {err} |"
+                )
         lines += ["", "</details>", ""]
     if data.get("breakdown"):
         lines += ["### Where `sparse_sort` spends its time (largest token count, ms)", ""]
@@ -563,34 +638,46 @@ def render_markdown(data: dict) -> str:
         for cname, b in data["breakdown"].items():
             if not keys:
                 keys = [k for k in b if k != "tokens"]
-                lines += ["| config | tokens | " + " | ".join(keys) + " |",
-                          "|---|---:|" + "---:|" * len(keys)]
+                lines += ["| config | tokens | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
             lines.append(f"| {cname} | {b['tokens']:,} | " + " | ".join(f"{b[k]:.3f}" for k in keys) + " |")
         lines.append("")
     if data.get("gemm_only"):
         lines += ["### The expert FFNs alone, on tokens already grouped by expert (ms)", ""]
         keys = ["loop_linear", "grouped_mm_no_bias", "grouped_mm_with_bias_gather"]
-        lines += ["| config | tokens | dense FFN | " + " | ".join(keys) + " |",
-                  "|---|---:|---:|" + "---:|" * len(keys)]
+        lines += ["| config | tokens | dense FFN | " + " | ".join(keys) + " |", "|---|---:|---:|" + "---:|" * len(keys)]
         for cname, g in data["gemm_only"].items():
-            dn = next((r["ms"] for r in data["results"] if r["config"] == cname
-                       and r["tokens"] == g["tokens"] and r["variant"] == "dense" and "ms" in r), math.nan)
-            lines.append(f"| {cname} | {g['tokens']:,} | {dn:.3f} | "
-                         + " | ".join(f"{g[k]:.3f}" if k in g else "" for k in keys) + " |")
+            dn = next(
+                (
+                    r["ms"]
+                    for r in data["results"]
+                    if r["config"] == cname and r["tokens"] == g["tokens"] and r["variant"] == "dense" and "ms" in r
+                ),
+                math.nan,
+            )
+            lines.append(
+                f"| {cname} | {g['tokens']:,} | {dn:.3f} | "
+                + " | ".join(f"{g[k]:.3f}" if k in g else "" for k in keys)
+                + " |"
+            )
         lines.append("")
     if data.get("fp32_check"):
-        lines += ["### fp32 exactness vs `sparse_sort` (tf32 off)", "",
-                  "| config | tokens | variant | max abs diff | <= 1e-5 |", "|---|---:|---|---:|---|"]
+        lines += [
+            "### fp32 exactness vs `sparse_sort` (tf32 off)",
+            "",
+            "| config | tokens | variant | max abs diff | <= 1e-5 |",
+            "|---|---:|---|---:|---|",
+        ]
         for r in data["fp32_check"]:
             if "error" in r:
                 lines.append(f"| {r['config']} | {r['tokens']} | {r['variant']} | error: {r['error'][:80]} | |")
             else:
-                lines.append(f"| {r['config']} | {r['tokens']} | {r['variant']} | {r['max_abs_diff']:.2e} "
-                             f"| {'yes' if r['ok_1e-5'] else 'NO'} |")
+                lines.append(
+                    f"| {r['config']} | {r['tokens']} | {r['variant']} | {r['max_abs_diff']:.2e} "
+                    f"| {'yes' if r['ok_1e-5'] else 'NO'} |"
+                )
         lines.append("")
     if data.get("compile"):
-        lines += ["Compile (first call) seconds: " + ", ".join(
-            f"{k} {v:.1f}" for k, v in data["compile"].items()), ""]
+        lines += ["Compile (first call) seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in data["compile"].items()), ""]
     if data.get("skipped"):
         lines += ["Skipped: " + "; ".join(data["skipped"]), ""]
     lines += [f"Command: `{data['command']}` (wall {data.get('wall_s', 0):.0f} s)", ""]
@@ -599,6 +686,7 @@ def render_markdown(data: dict) -> str:
 
 def plot(data: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -616,10 +704,12 @@ def plot(data: dict, path: Path) -> None:
             if v == "dense":
                 style.update(color="black")
             axes[0, j].plot([r["tokens"] for r in rs], [r["tflops"] for r in rs], label=v, **style)
-            axes[1, j].plot([r["tokens"] for r in rs], [r.get("ratio_to_dense", math.nan) for r in rs],
-                            label=v, **style)
-        axes[0, j].set_title(f"{cname}: d {c['d_model']}, d_ff {c['d_ff']}, "
-                             f"{c['n_experts']} experts, top-{c['top_k']}", fontsize=10)
+            axes[1, j].plot(
+                [r["tokens"] for r in rs], [r.get("ratio_to_dense", math.nan) for r in rs], label=v, **style
+            )
+        axes[0, j].set_title(
+            f"{cname}: d {c['d_model']}, d_ff {c['d_ff']}, {c['n_experts']} experts, top-{c['top_k']}", fontsize=10
+        )
         axes[0, j].set_ylabel("achieved TFLOP/s (expert FFNs + router)")
         axes[1, j].set_ylabel("ratio to dense FFN (same active params)")
         axes[1, j].axhline(0.7, color="red", lw=0.8, ls=":", label="target 0.7")

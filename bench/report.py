@@ -1,4 +1,5 @@
 """`moe bench` results as files: bench.json, bench.md and the plots."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,20 @@ def _fmt(v, digits=2):
 def markdown(result: dict) -> str:
     m, opts, server = result["machine"], result["options"], result["server"]
     gpus = f", GPUs: {', '.join(m['gpus'])}" if m.get("gpus") else ""
-    lines = [f"Machine: {m['cpu_model']}, {m['cores']} cores{gpus}, torch {m['torch']}; "
-             f"Triton {server.get('triton_version')}; protocol {opts['protocol']}, "
-             f"{opts['requests']} timed requests per level; in-process baselines on {opts['device']}; "
-             f"load average at start {result['load_average_start']}, at end {result.get('load_average_end')}.", ""]
+    lines = [
+        f"Machine: {m['cpu_model']}, {m['cores']} cores{gpus}, torch {m['torch']}; "
+        f"Triton {server.get('triton_version')}; protocol {opts['protocol']}, "
+        f"{opts['requests']} timed requests per level; in-process baselines on {opts['device']}; "
+        f"load average at start {result['load_average_start']}, at end {result.get('load_average_end')}.",
+        "",
+    ]
     if result.get("command"):
         lines += [f"Command: `{result['command']}`", ""]
-    lines += ["| workflow | texts per request | concurrency | texts/s | p50 ms | p95 ms | p99 ms | errors | "
-              "agrees with eager |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [
+        "| workflow | texts per request | concurrency | texts/s | p50 ms | p95 ms | p99 ms | errors | "
+        "agrees with eager |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     sizes = result["baselines"]["batch_sizes"]
     for b in sizes["per_request"]:
         base = result["baselines"][str(b)]
@@ -31,43 +38,63 @@ def markdown(result: dict) -> str:
         if "batched" in base:
             rows.append(("in-process eager, batched", sizes["batched"], base["batched"]))
         for name, size, s in rows:
-            lines.append(f"| {name} | {size} | 1 | {s['throughput']:.1f} | {_fmt(s['p50_ms'])} | "
-                         f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 |")
+            lines.append(
+                f"| {name} | {size} | 1 | {s['throughput']:.1f} | {_fmt(s['p50_ms'])} | "
+                f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 |"
+            )
         for lv in (lv for lv in result["levels"] if lv["batch_size"] == b):
-            lines.append(f"| {lv['workflow']} | {b} | {lv['concurrency']} | {lv['throughput']:.1f} | "
-                         f"{_fmt(lv['p50_ms'])} | {_fmt(lv['p95_ms'])} | {_fmt(lv['p99_ms'])} | {lv['errors']} | "
-                         f"{_fmt(lv['agreement_with_eager'], 4)} |")
+            lines.append(
+                f"| {lv['workflow']} | {b} | {lv['concurrency']} | {lv['throughput']:.1f} | "
+                f"{_fmt(lv['p50_ms'])} | {_fmt(lv['p95_ms'])} | {_fmt(lv['p99_ms'])} | {lv['errors']} | "
+                f"{_fmt(lv['agreement_with_eager'], 4)} |"
+            )
     lines += ["", "| target | required | measured | met |", "|---|---|---:|---|"]
     for t in result["targets"]:
-        lines.append(f"| {t['what']} | {t['target']} | {_fmt(t['measured'], 3)} | "
-                     f"{'yes' if t['met'] else ('–' if t['met'] is None else '**no**')} |")
+        lines.append(
+            f"| {t['what']} | {t['target']} | {_fmt(t['measured'], 3)} | "
+            f"{'yes' if t['met'] else ('–' if t['met'] is None else '**no**')} |"
+        )
     mem = server.get("memory_peak") or server.get("memory_ready")
     if mem:
-        lines += ["", f"Server memory (peak over the run): RSS {mem['rss_mb']:.0f} MB summed over "
-                      f"{mem['processes']} processes, {mem['python_stubs']} of them Python stubs "
-                      f"(tritonserver {mem['tritonserver_rss_mb']:.0f} MB); PSS (shared pages counted once) "
-                      f"{mem['pss_mb']:.0f} MB."]
+        lines += [
+            "",
+            f"Server memory (peak over the run): RSS {mem['rss_mb']:.0f} MB summed over "
+            f"{mem['processes']} processes, {mem['python_stubs']} of them Python stubs "
+            f"(tritonserver {mem['tritonserver_rss_mb']:.0f} MB); PSS (shared pages counted once) "
+            f"{mem['pss_mb']:.0f} MB.",
+        ]
         if mem.get("gpu_mb"):
-            lines.append("GPU memory by process (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem["gpu_mb"].items()) + ".")
+            lines.append(
+                "GPU memory by process (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in mem["gpu_mb"].items()) + "."
+            )
     for lv in result["levels"]:
         if "stages" not in lv:
             continue
         bls = lv["breakdown"].get("bls") or {}
-        lines += ["", f"v1 breakdown, {lv['batch_size']} texts per request, concurrency {lv['concurrency']} "
-                      f"(ms per request; {bls.get('batches', '–')} BLS batches, "
-                      f"{_fmt(bls.get('requests_per_batch'))} requests per batch; "
-                      f"client p50 {_fmt(lv['p50_ms'])} ms, mean {_fmt(lv['mean_ms'])} ms):", "",
-                  "| stage | BLS wall time | Triton compute_infer | Triton queue |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            f"v1 breakdown, {lv['batch_size']} texts per request, concurrency {lv['concurrency']} "
+            f"(ms per request; {bls.get('batches', '–')} BLS batches, "
+            f"{_fmt(bls.get('requests_per_batch'))} requests per batch; "
+            f"client p50 {_fmt(lv['p50_ms'])} ms, mean {_fmt(lv['mean_ms'])} ms):",
+            "",
+            "| stage | BLS wall time | Triton compute_infer | Triton queue |",
+            "|---|---:|---:|---:|",
+        ]
         for row in lv["stages"]:
-            lines.append(f"| {row['stage']} | {_fmt(row['bls_wall_ms'], 3)} | "
-                         f"{_fmt(row['triton_compute_ms'], 3)} | {_fmt(row['triton_queue_ms'], 3)} |")
+            lines.append(
+                f"| {row['stage']} | {_fmt(row['bls_wall_ms'], 3)} | "
+                f"{_fmt(row['triton_compute_ms'], 3)} | {_fmt(row['triton_queue_ms'], 3)} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def plot_throughput_latency(result: dict, out: Path) -> str:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     sizes = result["baselines"]["batch_sizes"]["per_request"]
     fig, axes = plt.subplots(len(sizes), 2, figsize=(11, 4.2 * len(sizes)), squeeze=False)
     for row, b in enumerate(sizes):
@@ -82,8 +109,12 @@ def plot_throughput_latency(result: dict, out: Path) -> str:
             axes[row, 1].plot(cs, [x["p50_ms"] for x in lv], style, color=color, alpha=0.35, label=f"{workflow} p50")
         axes[row, 0].axhline(base["per_request"]["throughput"], color="k", ls="--", label="in-process eager")
         if "batched" in base:
-            axes[row, 0].axhline(base["batched"]["throughput"], color="k", ls=":",
-                                 label=f"in-process eager, batches of {result['baselines']['batch_sizes']['batched']}")
+            axes[row, 0].axhline(
+                base["batched"]["throughput"],
+                color="k",
+                ls=":",
+                label=f"in-process eager, batches of {result['baselines']['batch_sizes']['batched']}",
+            )
         axes[row, 1].axhline(base["per_request"]["p50_ms"], color="k", ls="--", label="in-process eager p50")
         for ax, ylabel in zip(axes[row], ("texts / s", "latency (ms)")):
             ax.set_xscale("log", base=2)
@@ -95,8 +126,10 @@ def plot_throughput_latency(result: dict, out: Path) -> str:
         axes[row, 0].set_title(f"throughput, {b} text{'s' if b > 1 else ''} per request")
         axes[row, 1].set_title(f"latency, {b} text{'s' if b > 1 else ''} per request")
     m = result["machine"]
-    fig.suptitle(f"{', '.join(m.get('gpus', [])) or m['cpu_model']}, {m['cores']} cores; "
-                 f"{result['options']['protocol']}", fontsize=9)
+    fig.suptitle(
+        f"{', '.join(m.get('gpus', [])) or m['cpu_model']}, {m['cores']} cores; {result['options']['protocol']}",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = out / "bench_throughput_latency.png"
     fig.savefig(path, dpi=110)
@@ -106,8 +139,10 @@ def plot_throughput_latency(result: dict, out: Path) -> str:
 
 def plot_v1_stages(result: dict, out: Path) -> str | None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     v1 = [lv for lv in result["levels"] if "stages" in lv]
     if not v1:
         return None
@@ -130,13 +165,24 @@ def plot_v1_stages(result: dict, out: Path) -> str | None:
             left += compute
             extra = max(0.0, wall - compute)
             if extra:
-                ax.barh(row, extra, left=left, color=colors[i % 10], alpha=0.35, hatch="//",
-                        label=f"{name}: BLS wait/IPC" if row == 0 else None)
+                ax.barh(
+                    row,
+                    extra,
+                    left=left,
+                    color=colors[i % 10],
+                    alpha=0.35,
+                    hatch="//",
+                    label=f"{name}: BLS wait/IPC" if row == 0 else None,
+                )
                 left += extra
-    ax.set_yticks(range(len(v1)), [f"v1, {lv['batch_size']} text(s), C={lv['concurrency']}\n"
-                                   f"(latency mean {lv['mean_ms']:.0f} ms)" for lv in v1])
-    ax.set_xlabel("ms of service time per request (Triton statistics; the rest of the client latency is "
-                  "queueing, the ensemble and the protocol)")
+    ax.set_yticks(
+        range(len(v1)),
+        [f"v1, {lv['batch_size']} text(s), C={lv['concurrency']}\n(latency mean {lv['mean_ms']:.0f} ms)" for lv in v1],
+    )
+    ax.set_xlabel(
+        "ms of service time per request (Triton statistics; the rest of the client latency is "
+        "queueing, the ensemble and the protocol)"
+    )
     ax.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.35 if len(v1) < 3 else -0.2))
     ax.set_title("v1 stage breakdown", fontsize=9)
     fig.tight_layout()

@@ -13,6 +13,7 @@ One run measures, on one machine and against one running server:
 
 Results: OUT/bench.json (everything), OUT/bench.md and OUT/bench_*.png (bench/report.py).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,9 +21,9 @@ import os
 import platform
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from moe.data import DEFAULT_DATA, load_split
 from moe.errors import MoEError
@@ -61,14 +62,14 @@ TARGETS = {
 class BenchOptions:
     workflows: list[str] = field(default_factory=lambda: ["v1", "v2"])
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 64])
-    batch_sizes: list[int] = field(default_factory=lambda: [1])   # texts per request
-    requests: int = 300                 # timed requests per level
-    warmup: int | None = None           # untimed requests before each level (None: max(16, 2C))
-    batched_baseline: int = 16          # texts per batch of the batched in-process baseline; 0: none
+    batch_sizes: list[int] = field(default_factory=lambda: [1])  # texts per request
+    requests: int = 300  # timed requests per level
+    warmup: int | None = None  # untimed requests before each level (None: max(16, 2C))
+    batched_baseline: int = 16  # texts per batch of the batched in-process baseline; 0: none
     protocol: str = "http"
-    checkpoint: Path | None = None      # the model of the baselines (default: the bundled one)
-    device: str = "cpu"                 # where the baselines run
-    data: Path = DEFAULT_DATA           # AG News folder: test.csv texts
+    checkpoint: Path | None = None  # the model of the baselines (default: the bundled one)
+    device: str = "cpu"  # where the baselines run
+    data: Path = DEFAULT_DATA  # AG News folder: test.csv texts
     out: Path = DEFAULT_OUT
     targets: str = "cpu"
     timeout_s: float = 60.0
@@ -79,24 +80,35 @@ class BenchOptions:
 @dataclass
 class Endpoint:
     """The server under test, as the caller knows it."""
-    url: str                                   # host:port of the protocol's endpoint
-    http_url: str                              # host:port of HTTP (statistics)
-    metrics_url: str | None = None             # Prometheus endpoint
-    cold_start_s: float | None = None          # launch to all models ready, if the caller launched it
-    memory: Callable[[], dict] | None = None   # the server tree's memory now (serving.server)
+
+    url: str  # host:port of the protocol's endpoint
+    http_url: str  # host:port of HTTP (statistics)
+    metrics_url: str | None = None  # Prometheus endpoint
+    cold_start_s: float | None = None  # launch to all models ready, if the caller launched it
+    memory: Callable[[], dict] | None = None  # the server tree's memory now (serving.server)
     facts: dict = field(default_factory=dict)  # anything else worth keeping (export options)
 
 
 def machine_info() -> dict:
     import torch
+
     model = "unknown"
     try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
-    info = dict(cpu_model=model, cores=os.cpu_count(), platform=platform.platform(),
-                python=platform.python_version(), torch=torch.__version__, torch_threads=torch.get_num_threads())
+    info = dict(
+        cpu_model=model,
+        cores=os.cpu_count(),
+        platform=platform.platform(),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+    )
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -159,8 +171,7 @@ def better(a: dict, b: dict) -> dict:
 
 
 # v1's pieces in the order a request meets them (the order of the breakdown's rows).
-PIPELINE = ("tokenizer", "embedding", "attention", "gating", "experts", "classifier", "orchestration",
-            "postprocessing")
+PIPELINE = ("tokenizer", "embedding", "attention", "gating", "experts", "classifier", "orchestration", "postprocessing")
 
 
 def stage_models(stages: list[str], models: list[str]) -> dict[str, list[str]]:
@@ -179,7 +190,9 @@ def stage_models(stages: list[str], models: list[str]) -> dict[str, list[str]]:
 
 def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | None = None) -> dict:
     from tqdm.auto import tqdm
+
     from moe_client import AsyncMoEClient
+
     if not set(opts.workflows) <= {"v1", "v2"}:
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
@@ -188,11 +201,17 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         raise MoEError("--requests, every --batch-size and every --concurrency must be >= 1")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
-    result: dict = dict(command=command, machine=machine_info(), load_average_start=load_average(),
-                        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-                        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                        server=dict(url=endpoint.url, cold_start_s=endpoint.cold_start_s, **endpoint.facts))
-    result["server"]["triton_version"] = (_try(triton_stats.http_json, f"http://{endpoint.http_url}/v2") or {}).get("version")
+    result: dict = dict(
+        command=command,
+        machine=machine_info(),
+        load_average_start=load_average(),
+        options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        server=dict(url=endpoint.url, cold_start_s=endpoint.cold_start_s, **endpoint.facts),
+    )
+    result["server"]["triton_version"] = (_try(triton_stats.http_json, f"http://{endpoint.http_url}/v2") or {}).get(
+        "version"
+    )
     if endpoint.memory is not None:
         result["server"]["memory_ready"] = endpoint.memory()
 
@@ -200,8 +219,15 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
     if not texts:
         raise MoEError(f"no test texts in {opts.data}")
     eager = EagerModel(opts.checkpoint, opts.device)
-    batched = batches(texts, opts.batched_baseline, max(opts.requests * max(opts.batch_sizes) // max(opts.batched_baseline, 1), 16)) \
-        if opts.batched_baseline else None
+    batched = (
+        batches(
+            texts,
+            opts.batched_baseline,
+            max(opts.requests * max(opts.batch_sizes) // max(opts.batched_baseline, 1), 16),
+        )
+        if opts.batched_baseline
+        else None
+    )
     plans = {b: batches(texts, b, opts.requests) for b in opts.batch_sizes}
     n_levels = len(opts.batch_sizes) * len(opts.workflows) * len(opts.concurrency)
     total = 2 * sum(len(p) for p in plans.values()) + 2 * len(batched or []) + n_levels * opts.requests
@@ -223,24 +249,41 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                     for c in opts.concurrency:
                         bar.set_postfix_str(f"{workflow}, batch {b}, C={c}")
                         n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
-                        await closed_loop(client, [(workflow, t) for t in batches(texts, b, n_warm, start=opts.requests)], c)
-                        s0, m0 = _try(triton_stats.model_stats, endpoint.http_url), \
-                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None
+                        await closed_loop(
+                            client, [(workflow, t) for t in batches(texts, b, n_warm, start=opts.requests)], c
+                        )
+                        s0, m0 = (
+                            _try(triton_stats.model_stats, endpoint.http_url),
+                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
+                        )
                         load0 = load_average()
                         run = await closed_loop(client, [(workflow, t) for t in plan], c, progress=bar.update)
-                        s1, m1 = _try(triton_stats.model_stats, endpoint.http_url), \
-                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None
-                        level = dict(workflow=workflow, batch_size=b, concurrency=c, **run.summary(), load_average=load0)
-                        pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
+                        s1, m1 = (
+                            _try(triton_stats.model_stats, endpoint.http_url),
+                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
+                        )
+                        level = dict(
+                            workflow=workflow, batch_size=b, concurrency=c, **run.summary(), load_average=load0
+                        )
+                        pairs = [
+                            (g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)
+                        ]
                         level["disagreements"] = sum(g != w for g, w in pairs)
-                        level["agreement_with_eager"] = round(1 - level["disagreements"] / len(pairs), 4) if pairs else None
+                        level["agreement_with_eager"] = (
+                            round(1 - level["disagreements"] / len(pairs), 4) if pairs else None
+                        )
                         if s0 is not None and s1 is not None:
-                            md = triton_stats.delta(m1, m0) if workflow == "v1" and m0 is not None and m1 is not None else None
+                            md = (
+                                triton_stats.delta(m1, m0)
+                                if workflow == "v1" and m0 is not None and m1 is not None
+                                else None
+                            )
                             level["breakdown"] = triton_stats.breakdown(triton_stats.delta(s1, s0), md, len(plan))
                             if workflow == "v1" and level["breakdown"].get("bls"):
                                 stages = list(level["breakdown"]["bls"]["stage_ms_per_request"])
                                 level["stages"] = triton_stats.stage_table(
-                                    level["breakdown"], stage_models(stages, list(s1)))
+                                    level["breakdown"], stage_models(stages, list(s1))
+                                )
                         levels.append(level)
 
     try:
@@ -267,7 +310,14 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
 
 
 def level_of(result: dict, workflow: str, c: int, b: int = 1) -> dict | None:
-    return next((lv for lv in result.get("levels", []) if (lv["workflow"], lv["concurrency"], lv["batch_size"]) == (workflow, c, b)), None)
+    return next(
+        (
+            lv
+            for lv in result.get("levels", [])
+            if (lv["workflow"], lv["concurrency"], lv["batch_size"]) == (workflow, c, b)
+        ),
+        None,
+    )
 
 
 def best_level(result: dict, workflow: str, b: int) -> dict | None:
@@ -291,17 +341,21 @@ def ratios(result: dict, opts: BenchOptions) -> dict:
     batched = base[first].get("batched")
     out = dict(
         v1_vs_v2_p50_c1=ratio(p50(level_of(result, "v1", 1)), p50(level_of(result, "v2", 1))),
-        v2_vs_batched_eager_c64=ratio(throughput(level_of(result, "v2", 64)), batched["throughput"] if batched else None),
+        v2_vs_batched_eager_c64=ratio(
+            throughput(level_of(result, "v2", 64)), batched["throughput"] if batched else None
+        ),
         v1_vs_v2_throughput_c16=ratio(throughput(level_of(result, "v1", 16)), throughput(level_of(result, "v2", 16))),
         v1_vs_v2_throughput_c64=ratio(throughput(level_of(result, "v1", 64)), throughput(level_of(result, "v2", 64))),
         errors=sum(lv["errors"] for lv in result["levels"]),
         disagreements=sum(lv["disagreements"] for lv in result["levels"]),
     )
     if "32" in base:
-        out["v2_vs_eager_throughput_b32"] = ratio(throughput(best_level(result, "v2", 32)),
-                                                  base["32"]["per_request"]["throughput"])
-        out["v1_vs_v2_throughput_b32"] = ratio(throughput(best_level(result, "v1", 32)),
-                                               throughput(best_level(result, "v2", 32)))
+        out["v2_vs_eager_throughput_b32"] = ratio(
+            throughput(best_level(result, "v2", 32)), base["32"]["per_request"]["throughput"]
+        )
+        out["v1_vs_v2_throughput_b32"] = ratio(
+            throughput(best_level(result, "v1", 32)), throughput(best_level(result, "v2", 32))
+        )
     server = result["server"]
     mem = server.get("memory_peak") or server.get("memory_ready")
     out["cold_start_s"] = server.get("cold_start_s")
@@ -316,6 +370,7 @@ def targets(values: dict, profile: str) -> list[dict]:
     for key, what, limit, kind in TARGETS[profile]:
         value = values.get(key)
         met = None if value is None else (value >= limit if kind == "min" else value <= limit)
-        rows.append(dict(key=key, what=what, target=f"{'>=' if kind == 'min' else '<='} {limit}",
-                         measured=value, met=met))
+        rows.append(
+            dict(key=key, what=what, target=f"{'>=' if kind == 'min' else '<='} {limit}", measured=value, met=met)
+        )
     return rows

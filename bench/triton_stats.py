@@ -1,5 +1,6 @@
 """Where the time goes inside the server: Triton's per-model statistics (/v2/models/stats) and
 the BLS's Prometheus counters, as deltas over one load level."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ import re
 import urllib.request
 
 STAT_KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
-_METRIC = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)')
+_METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
@@ -22,10 +23,12 @@ def model_stats(http_url: str) -> dict:
     for m in http_json(f"http://{http_url}/v2/models/stats").get("model_stats", []):
         s = m.get("inference_stats", {})
         row = {f"{k}_ns": int(s.get(k, {}).get("ns", 0)) for k in STAT_KINDS}
-        row.update(success_count=int(s.get("success", {}).get("count", 0)),
-                   execution_count=int(m.get("execution_count", 0)),
-                   inference_count=int(m.get("inference_count", 0)))
-        previous = out.get(m["name"])     # several versions of one model: add them up
+        row.update(
+            success_count=int(s.get("success", {}).get("count", 0)),
+            execution_count=int(m.get("execution_count", 0)),
+            inference_count=int(m.get("inference_count", 0)),
+        )
+        previous = out.get(m["name"])  # several versions of one model: add them up
         out[m["name"]] = {k: v + previous[k] for k, v in row.items()} if previous else row
     return out
 
@@ -44,8 +47,7 @@ def prometheus(metrics_url: str, prefix: str = "moe_") -> dict:
 def delta(after: dict, before: dict) -> dict:
     """after - before, for model_stats() rows or prometheus() samples."""
     if all(isinstance(v, dict) for v in after.values()):
-        return {name: {k: v - before.get(name, {}).get(k, 0) for k, v in row.items()}
-                for name, row in after.items()}
+        return {name: {k: v - before.get(name, {}).get(k, 0) for k, v in row.items()} for name, row in after.items()}
     return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
@@ -59,25 +61,32 @@ def breakdown(stats: dict, metrics: dict | None, n_requests: int) -> dict:
             continue
         executions = max(row["execution_count"], 1)
         models[name] = dict(
-            executions=row["execution_count"], inferences=row["inference_count"],
+            executions=row["execution_count"],
+            inferences=row["inference_count"],
             compute_infer_ms_per_request=round(row["compute_infer_ns"] / 1e6 / per_request, 4),
-            compute_io_ms_per_request=round((row["compute_input_ns"] + row["compute_output_ns"]) / 1e6
-                                            / per_request, 4),
+            compute_io_ms_per_request=round(
+                (row["compute_input_ns"] + row["compute_output_ns"]) / 1e6 / per_request, 4
+            ),
             queue_ms_per_request=round(row["queue_ns"] / 1e6 / per_request, 4),
             compute_infer_ms_per_execution=round(row["compute_infer_ns"] / 1e6 / executions, 4),
-            mean_batch=round(row["inference_count"] / executions, 2))
+            mean_batch=round(row["inference_count"] / executions, 2),
+        )
     result: dict = dict(models=models)
     if metrics:
         stage = {dict(k[1])["stage"]: v for k, v in metrics.items() if k[0] == "moe_bls_stage_duration_us"}
         batches = sum(v for k, v in metrics.items() if k[0] == "moe_bls_batches_total")
-        tokens = {f"layer{dict(k[1])['layer']}/expert{dict(k[1])['expert']}": int(v)
-                  for k, v in metrics.items() if k[0] == "moe_expert_tokens_total"}
+        tokens = {
+            f"layer{dict(k[1])['layer']}/expert{dict(k[1])['expert']}": int(v)
+            for k, v in metrics.items()
+            if k[0] == "moe_expert_tokens_total"
+        }
         result["bls"] = dict(
             batches=int(batches),
             requests_per_batch=round(n_requests / batches, 2) if batches else None,
             stage_ms_per_batch={s: round(us / 1e3 / batches, 4) if batches else None for s, us in stage.items()},
             stage_ms_per_request={s: round(us / 1e3 / per_request, 4) for s, us in stage.items()},
-            expert_tokens=tokens)
+            expert_tokens=tokens,
+        )
     return result
 
 
@@ -91,12 +100,22 @@ def stage_table(bd: dict, stage_models: dict[str, list[str]]) -> list[dict]:
     def total(names, key):
         return round(sum(models.get(n, {}).get(key, 0.0) for n in names), 4) if names else None
 
-    rows = [dict(stage=stage, bls_wall_ms=walls.get(stage),
-                 triton_compute_ms=total(names, "compute_infer_ms_per_request"),
-                 triton_queue_ms=total(names, "queue_ms_per_request"))
-            for stage, names in stage_models.items()]
+    rows = [
+        dict(
+            stage=stage,
+            bls_wall_ms=walls.get(stage),
+            triton_compute_ms=total(names, "compute_infer_ms_per_request"),
+            triton_queue_ms=total(names, "queue_ms_per_request"),
+        )
+        for stage, names in stage_models.items()
+    ]
     if "moe_bls" in models:
-        rows.append(dict(stage="moe_bls (whole execute)", bls_wall_ms=None,
-                         triton_compute_ms=models["moe_bls"]["compute_infer_ms_per_request"],
-                         triton_queue_ms=models["moe_bls"]["queue_ms_per_request"]))
+        rows.append(
+            dict(
+                stage="moe_bls (whole execute)",
+                bls_wall_ms=None,
+                triton_compute_ms=models["moe_bls"]["compute_infer_ms_per_request"],
+                triton_queue_ms=models["moe_bls"]["queue_ms_per_request"],
+            )
+        )
     return rows

@@ -4,6 +4,7 @@ Inputs and outputs follow NVIDIA's pytorch_libtorch convention: forward's argume
 INPUT__0, INPUT__1, ... and its returned tuple is OUTPUT__0, OUTPUT__1, ... in that order. A piece
 that is per layer holds that piece of every layer and takes the layer as an INT64 [1] tensor.
 """
+
 from typing import List, Tuple
 
 import torch
@@ -174,9 +175,13 @@ def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
     every TorchScript piece against its eager module before anything is written."""
     cfg = model.cfg
     lengths = torch.full((ids.shape[0], 1), ids.shape[1], dtype=torch.int32)
-    samples: dict = {"embedding": [(ids,)], "classifier": [],
-                     "full_model": [(ids.reshape(-1), mask.reshape(-1), lengths), ragged(ids, mask)],
-                     "attention": [], "gating": []}
+    samples: dict = {
+        "embedding": [(ids,)],
+        "classifier": [],
+        "full_model": [(ids.reshape(-1), mask.reshape(-1), lengths), ragged(ids, mask)],
+        "attention": [],
+        "gating": [],
+    }
     for e in range(cfg.n_experts):
         samples[f"expert_{e}"] = []
     with torch.no_grad():
@@ -189,7 +194,7 @@ def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
             h_real = real_tokens(h, real)
             samples["gating"].append((h, mask, layer))
             for e in range(cfg.n_experts):
-                samples[f"expert_{e}"].append((h_real[e::cfg.n_experts], layer))
+                samples[f"expert_{e}"].append((h_real[e :: cfg.n_experts], layer))
             x, _, _ = block(x, mask, real)
         samples["classifier"].append((x, mask))
         samples["postprocessing"] = [(model.classifier(x, mask),)]

@@ -9,6 +9,7 @@ Config templates and Python models are the folders of the repository's model_rep
 ensemble/, which travel inside this package (export/templates/); ${placeholders} are filled
 from the checkpoint's config and the export options.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,11 +55,11 @@ PARITY_TEXTS = [
 
 @dataclass
 class ExportOptions:
-    device: str = "cpu"               # cpu | cuda
-    gpus: int = 1                     # GPUs to spread experts over with --device cuda
+    device: str = "cpu"  # cpu | cuda
+    gpus: int = 1  # GPUs to spread experts over with --device cuda
     max_batch_size: int = 64
     queue_delay_us: int = 0
-    max_queue_size: int = 256         # per entry model; beyond it requests are rejected at once
+    max_queue_size: int = 256  # per entry model; beyond it requests are rejected at once
     queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
     # Where v1's orchestration runs: "auto" is where the pieces are (with --device cuda the BLS
     # keeps activations on GPU 0); "cpu" keeps it on the CPU whatever the pieces' device, so
@@ -70,10 +71,13 @@ class ExportOptions:
     full_model_instances: int | None = None
     length_group: int | None = None
 
-    def resolved(self) -> "ExportOptions":
+    def resolved(self) -> ExportOptions:
         on_cpu = self.device == "cpu"
-        return replace(self, full_model_instances=self.full_model_instances or (2 if on_cpu else 1),
-                       length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0))
+        return replace(
+            self,
+            full_model_instances=self.full_model_instances or (2 if on_cpu else 1),
+            length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
+        )
 
 
 def sha256(path: Path) -> str:
@@ -115,18 +119,22 @@ def check_parity(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptMo
             expected = expected if isinstance(expected, tuple) else (expected,)
             got = got if isinstance(got, tuple) else (got,)
             for e, g in zip(expected, got):
-                if isinstance(e, list):        # class names
+                if isinstance(e, list):  # class names
                     if e != g:
                         raise MoEError(f"TorchScript {name} answers {g[:3]}..., eager {e[:3]}...: refusing to export")
                     continue
                 if e.shape != g.shape or e.dtype != g.dtype:
-                    raise MoEError(f"TorchScript {name} returns {tuple(g.shape)} {g.dtype}, "
-                                   f"eager returns {tuple(e.shape)} {e.dtype}: refusing to export")
+                    raise MoEError(
+                        f"TorchScript {name} returns {tuple(g.shape)} {g.dtype}, "
+                        f"eager returns {tuple(e.shape)} {e.dtype}: refusing to export"
+                    )
                 diff = (e.double() - g.double()).abs().max().item() if e.numel() else 0.0
                 worst = max(worst, diff)
     if not worst <= TOLERANCE:
-        raise MoEError(f"TorchScript {name} differs from the eager module by {worst:.3g} "
-                       f"(tolerance {TOLERANCE}): refusing to export")
+        raise MoEError(
+            f"TorchScript {name} differs from the eager module by {worst:.3g} "
+            f"(tolerance {TOLERANCE}): refusing to export"
+        )
     return worst
 
 
@@ -142,8 +150,14 @@ def is_current(out: Path, checkpoint: Path | None) -> bool:
     return manifest is not None and manifest.get("weights_sha256") == sha256(resolve(checkpoint) / WEIGHTS)
 
 
-def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
-                      opts: ExportOptions = ExportOptions(), progress: bool = True, log=print) -> Path:
+def export_repository(
+    checkpoint: Path | None,
+    out: Path = DEFAULT_OUT,
+    opts: ExportOptions | None = None,
+    progress: bool = True,
+    log=print,
+) -> Path:
+    opts = opts or ExportOptions()
     if opts.device not in ("cpu", "cuda"):
         raise MoEError(f"--device must be cpu or cuda, got {opts.device!r}")
     if opts.bls_device not in ("auto", "cpu"):
@@ -157,6 +171,7 @@ def export_repository(checkpoint: Path | None, out: Path = DEFAULT_OUT,
     samples = sample_inputs(model, ids, mask)
 
     from tqdm.auto import tqdm
+
     scripted = {}
     bar = tqdm(pieces.items(), desc="script + parity check", unit="model", disable=not progress)
     for name, module in bar:
@@ -177,14 +192,24 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
     models, ensembles = tmp / "model_repository", tmp / "ensemble"
     experts = [f"expert_{e}" for e in range(cfg.n_experts)]
     values = dict(
-        max_batch_size=opts.max_batch_size, queue_delay_us=opts.queue_delay_us,
-        max_queue_size=opts.max_queue_size, queue_timeout_us=opts.queue_timeout_us,
-        d_model=cfg.d_model, n_layers=cfg.n_layers, n_experts=cfg.n_experts, top_k=cfg.top_k,
-        n_classes=cfg.n_classes, pad_id=cfg.pad_id,
-        labels_json=pbtxt_string(json.dumps(list(cfg.labels))), expert_models=",".join(experts),
-        max_text_chars=cfg.max_len * 64, pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
-        instance_group=instance_group(opts), libtorch_parameters=LIBTORCH_PARAMETERS,
-        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else ExportOptions()))
+        max_batch_size=opts.max_batch_size,
+        queue_delay_us=opts.queue_delay_us,
+        max_queue_size=opts.max_queue_size,
+        queue_timeout_us=opts.queue_timeout_us,
+        d_model=cfg.d_model,
+        n_layers=cfg.n_layers,
+        n_experts=cfg.n_experts,
+        top_k=cfg.top_k,
+        n_classes=cfg.n_classes,
+        pad_id=cfg.pad_id,
+        labels_json=pbtxt_string(json.dumps(list(cfg.labels))),
+        expert_models=",".join(experts),
+        max_text_chars=cfg.max_len * 64,
+        pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
+        instance_group=instance_group(opts),
+        libtorch_parameters=LIBTORCH_PARAMETERS,
+        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else ExportOptions()),
+    )
 
     def write_model(name: str, template: str, extra: dict | None = None):
         source, folder = MODEL_TEMPLATES / template, models / name
@@ -208,16 +233,20 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
     bls = write_model("moe_bls", "moe_bls")
     (bls / "1" / "moe_routing.py").write_bytes(ROUTING_SOURCE.read_bytes())
     write_model("postprocessing", "postprocessing")
-    for name in ("attention_gating", "embedding_attention_gating"):   # v1's chained pieces
+    for name in ("attention_gating", "embedding_attention_gating"):  # v1's chained pieces
         write_model(name, name)
     for name in ("moe_v1", "moe_v2"):
         folder = ensembles / name
-        (folder / "1").mkdir(parents=True)   # ensembles need an (empty) version folder
+        (folder / "1").mkdir(parents=True)  # ensembles need an (empty) version folder
         (folder / "config.pbtxt").write_text(fill(ENSEMBLE_TEMPLATES / name / "config.pbtxt", values))
 
-    manifest = dict(checkpoint=str(ckpt), weights_sha256=sha256(ckpt / WEIGHTS),
-                    config=cfg.to_dict(), options=asdict(opts),
-                    models=sorted(p.name for p in models.iterdir()),
-                    ensembles=sorted(p.name for p in ensembles.iterdir()))
+    manifest = dict(
+        checkpoint=str(ckpt),
+        weights_sha256=sha256(ckpt / WEIGHTS),
+        config=cfg.to_dict(),
+        options=asdict(opts),
+        models=sorted(p.name for p in models.iterdir()),
+        ensembles=sorted(p.name for p in ensembles.iterdir()),
+    )
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest

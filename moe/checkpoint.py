@@ -1,4 +1,5 @@
 """A checkpoint is a folder: model.safetensors, config.json, tokenizer.json, metrics.json."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
 BUNDLED = Path(str(resources.files("moe") / "checkpoints" / "agnews-moe-small"))
 
 
-def save_checkpoint(out: Path, model: MoEClassifier, tokenizer_json: str, metrics: dict,
-                    dtype: torch.dtype = torch.float32) -> None:
+def save_checkpoint(
+    out: Path, model: MoEClassifier, tokenizer_json: str, metrics: dict, dtype: torch.dtype = torch.float32
+) -> None:
     """Write the whole folder next to `out`, then swap it in: an interrupted save leaves the
     previous checkpoint intact."""
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
@@ -70,11 +72,15 @@ def load_checkpoint(path: Path | None = None) -> tuple[MoEClassifier, Path]:
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise MoEError(f"{path}: weights do not match config.json (missing {missing[:3]}, "
-                       f"unexpected {unexpected[:3]}): checkpoint from another config?")
+        raise MoEError(
+            f"{path}: weights do not match config.json (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}): checkpoint from another config?"
+        )
     for name, tensor in expected.items():
         if state[name].shape != tensor.shape:
-            raise MoEError(f"{path}: {name} has shape {tuple(state[name].shape)} but config.json "
-                           f"implies {tuple(tensor.shape)}: checkpoint from another config?")
+            raise MoEError(
+                f"{path}: {name} has shape {tuple(state[name].shape)} but config.json "
+                f"implies {tuple(tensor.shape)}: checkpoint from another config?"
+            )
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.eval(), path

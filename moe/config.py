@@ -1,4 +1,5 @@
 """Model configuration: one dataclass, a few named presets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,13 +13,13 @@ LABELS = ("World", "Sports", "Business", "Sci/Tech")
 @dataclass(frozen=True)
 class MoEConfig:
     vocab_size: int = 16000
-    max_len: int = 128           # tokens per text, [CLS] included; longer texts are truncated
+    max_len: int = 128  # tokens per text, [CLS] included; longer texts are truncated
     d_model: int = 256
     n_heads: int = 4
     n_layers: int = 4
     n_experts: int = 8
     top_k: int = 2
-    d_ff: int = 512              # hidden width of each expert
+    d_ff: int = 512  # hidden width of each expert
     dropout: float = 0.1
     n_classes: int = len(LABELS)
     labels: tuple[str, ...] = LABELS
@@ -59,7 +60,7 @@ class MoEConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MoEConfig":
+    def from_dict(cls, d: dict) -> MoEConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -73,21 +74,24 @@ class MoEConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "MoEConfig":
+    def load(cls, path: Path) -> MoEConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 PRESETS: dict[str, MoEConfig] = {
     # Trains in seconds on a laptop CPU; used by the tests.
-    "tiny": MoEConfig(vocab_size=2000, max_len=64, d_model=32, n_heads=2, n_layers=2,
-                      n_experts=8, top_k=2, d_ff=64, dropout=0.0),
+    "tiny": MoEConfig(
+        vocab_size=2000, max_len=64, d_model=32, n_heads=2, n_layers=2, n_experts=8, top_k=2, d_ff=64, dropout=0.0
+    ),
     # The shipped checkpoint: ~10.9M parameters, ~22 MB as fp16. Two layers, because v1's
     # latency is set by its sequential hops per layer (attention -> gating -> experts).
-    "small": MoEConfig(vocab_size=16000, max_len=128, d_model=256, n_heads=4, n_layers=2,
-                       n_experts=8, top_k=2, d_ff=768, dropout=0.1),
+    "small": MoEConfig(
+        vocab_size=16000, max_len=128, d_model=256, n_heads=4, n_layers=2, n_experts=8, top_k=2, d_ff=768, dropout=0.1
+    ),
     # The configuration the original project describes.
-    "seed": MoEConfig(vocab_size=30000, max_len=128, d_model=512, n_heads=8, n_layers=6,
-                      n_experts=8, top_k=2, d_ff=2048, dropout=0.1),
+    "seed": MoEConfig(
+        vocab_size=30000, max_len=128, d_model=512, n_heads=8, n_layers=6, n_experts=8, top_k=2, d_ff=2048, dropout=0.1
+    ),
 }
 
 

@@ -1,4 +1,5 @@
 """AG News: the original CSV layout from a local folder, or the hub through `datasets`."""
+
 from __future__ import annotations
 
 import csv
@@ -12,19 +13,20 @@ from .errors import MoEError
 HUB_NAME = "ag_news"
 # The AG News folder the commands read by default: $MOE_DATA, else ../shared/data/ag_news beside
 # the checkout (where this project's machines keep it).
-DEFAULT_DATA = Path(os.environ.get("MOE_DATA")
-                    or Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ag_news")
+DEFAULT_DATA = Path(
+    os.environ.get("MOE_DATA") or Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "ag_news"
+)
 
 
 @dataclass
 class Split:
     texts: list[str]
-    labels: list[int]      # 0..3
+    labels: list[int]  # 0..3
 
     def __len__(self) -> int:
         return len(self.texts)
 
-    def head(self, n: int | None) -> "Split":
+    def head(self, n: int | None) -> Split:
         return self if n is None else Split(self.texts[:n], self.labels[:n])
 
 
@@ -47,8 +49,9 @@ def read_csv(path: Path, n_classes: int = 4) -> Split:
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if len(row) != 3:
-                raise MoEError(f"{where}: malformed row, expected 3 columns "
-                               f"(class index, title, description), got {len(row)}")
+                raise MoEError(
+                    f"{where}: malformed row, expected 3 columns (class index, title, description), got {len(row)}"
+                )
             label, title, description = row
             if not label.strip().isdigit() or not 1 <= int(label) <= n_classes:
                 raise MoEError(f"{where}: malformed row, class index must be 1..{n_classes}, got {label!r}")
@@ -67,8 +70,10 @@ def load_split(source: str | Path, split: str) -> Split:
         return _load_from_hub(split)
     folder = Path(source)
     if not folder.is_dir():
-        raise MoEError(f"data folder not found: {folder} (expected train.csv and test.csv there; "
-                       f"give --data FOLDER, set MOE_DATA, or --data hub)")
+        raise MoEError(
+            f"data folder not found: {folder} (expected train.csv and test.csv there; "
+            f"give --data FOLDER, set MOE_DATA, or --data hub)"
+        )
     return read_csv(folder / f"{split}.csv")
 
 
@@ -90,5 +95,8 @@ def train_val_split(data: Split, val_fraction: float = 0.05, seed: int = 0) -> t
     random.Random(seed).shuffle(order)
     n_val = max(1, int(round(len(data) * val_fraction)))
     val, train = order[:n_val], order[n_val:]
-    pick = lambda idx: Split([data.texts[i] for i in idx], [data.labels[i] for i in idx])
+
+    def pick(idx):
+        return Split([data.texts[i] for i in idx], [data.labels[i] for i in idx])
+
     return pick(train), pick(val)

@@ -1,4 +1,5 @@
 """Writing a folder so that an interrupted write never leaves a half-written one behind."""
+
 from __future__ import annotations
 
 import os

@@ -26,6 +26,7 @@ the next piece, so the combine step stays a plain residual add:
 `MoEClassifier.forward` calls exactly these modules, and the Triton pipeline serves each of
 them as its own model, so v1 (distributed) and v2 (monolith) run the same math.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MoEConfig
-from .routing import (add_to_real_tokens, balance_loss, combine, dispatch_plan,
-                      real_token_index, router_z_loss, top_k_gating)
+from .routing import (
+    add_to_real_tokens,
+    balance_loss,
+    combine,
+    dispatch_plan,
+    real_token_index,
+    router_z_loss,
+    top_k_gating,
+)
 
 
 class Embedding(nn.Module):
@@ -76,8 +84,9 @@ class SelfAttention(nn.Module):
         # Padding keys are masked out; every text has at least its [CLS] token, so no query
         # row is fully masked. Padding query rows compute garbage that nothing reads.
         keep = mask.view(B, 1, 1, T)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=keep, dropout_p=self.attn_dropout if self.training else 0.0
+        )
         return self.dropout(self.out(y.transpose(1, 2).reshape(B, T, D)))
 
 
@@ -158,8 +167,9 @@ class MoEFeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: MoEConfig, layer: int):
         super().__init__()
-        self.attention = (PostNormAttention(cfg, first=layer == 0) if cfg.norm_position == "post"
-                          else PreNormAttention(cfg))
+        self.attention = (
+            PostNormAttention(cfg, first=layer == 0) if cfg.norm_position == "post" else PreNormAttention(cfg)
+        )
         self.moe = MoEFeedForward(cfg)
 
     def forward(self, x: Tensor, mask: Tensor, real: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -220,8 +230,7 @@ class MoEClassifier(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def auxiliary_losses(cfg: MoEConfig, expert_ids: List[Tensor],
-                     router_logits: List[Tensor]) -> Tuple[Tensor, Tensor]:
+def auxiliary_losses(cfg: MoEConfig, expert_ids: List[Tensor], router_logits: List[Tensor]) -> Tuple[Tensor, Tensor]:
     """Mean over layers of the balance loss and of the router z-loss."""
     bal = torch.stack([balance_loss(lg, ei, cfg.n_experts) for ei, lg in zip(expert_ids, router_logits)])
     z = torch.stack([router_z_loss(lg) for lg in router_logits])

@@ -4,6 +4,7 @@ Every function here is TorchScript-compatible and free of Python loops over toke
 monolithic model (v2) and the distributed pipeline (v1) run literally the same code to pick
 experts, group tokens by expert, and add the weighted expert outputs back.
 """
+
 from typing import List, Tuple
 
 import torch
@@ -39,7 +40,8 @@ def combine(expert_outputs: Tensor, expert_weights: Tensor, slot_order: Tensor) 
     """
     n_tokens, k = expert_weights.shape
     inverse = torch.empty_like(slot_order).index_copy_(
-        0, slot_order, torch.arange(slot_order.numel(), device=slot_order.device))
+        0, slot_order, torch.arange(slot_order.numel(), device=slot_order.device)
+    )
     y = expert_outputs.index_select(0, inverse).view(n_tokens, k, expert_outputs.shape[1])
     return (y * expert_weights.to(y.dtype).unsqueeze(2)).sum(1)
 

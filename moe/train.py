@@ -1,4 +1,5 @@
 """Training loop: AdamW, warm-up + cosine decay, clipping, bf16 autocast on CUDA, best-by-val."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ class TrainConfig:
     val_fraction: float = 0.05
     max_train_rows: int | None = None
     seed: int = 0
-    save_dtype: str = "float32"   # float16 for the shipped checkpoint
+    save_dtype: str = "float32"  # float16 for the shipped checkpoint
     device: str = "auto"
 
 
@@ -48,8 +49,15 @@ TRAIN_PRESETS = {
     "seed": dict(epochs=3, lr=3e-4),
     # Fine-tuning an upcycled pretrained encoder (`moe train --init`): the usual BERT recipe of
     # a small learning rate with 10 % warm-up, batch 32, a few epochs.
-    "upcycle": dict(epochs=3, lr=1e-4, batch_size=32, warmup_fraction=0.1, weight_decay=0.01,
-                    label_smoothing=0.1, save_dtype="float16"),
+    "upcycle": dict(
+        epochs=3,
+        lr=1e-4,
+        batch_size=32,
+        warmup_fraction=0.1,
+        weight_decay=0.01,
+        label_smoothing=0.1,
+        save_dtype="float16",
+    ),
 }
 
 
@@ -86,12 +94,15 @@ class Batches:
             rng.shuffle(order)
             # Sort within chunks of 50 batches by length: less padding, still random batches.
             chunk = batch_size * 50
-            order = [i for s in range(0, len(order), chunk)
-                     for i in sorted(order[s:s + chunk], key=lambda j: len(self.ids[j]))]
-            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+            order = [
+                i
+                for s in range(0, len(order), chunk)
+                for i in sorted(order[s : s + chunk], key=lambda j: len(self.ids[j]))
+            ]
+            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
             rng.shuffle(batches)
         else:
-            batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+            batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         for b in batches:
             yield self.collate(b)
 
@@ -99,12 +110,19 @@ class Batches:
         T = max(len(self.ids[i]) for i in idx)
         ids = torch.full((len(idx), T), self.pad_id, dtype=torch.int64)
         for r, i in enumerate(idx):
-            ids[r, :len(self.ids[i])] = torch.tensor(self.ids[i])
+            ids[r, : len(self.ids[i])] = torch.tensor(self.ids[i])
         return ids, ids != self.pad_id, torch.tensor([self.labels[i] for i in idx])
 
 
-def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=print,
-          init: Path | None = None, upcycle: str = "copy") -> dict:
+def train(
+    cfg: MoEConfig,
+    tc: TrainConfig,
+    data: str | Path,
+    out: Path,
+    log=print,
+    init: Path | None = None,
+    upcycle: str = "copy",
+) -> dict:
     """Train from scratch, or with `init` (a pretrained BERT-style Hugging Face folder) fine-tune
     the MoE upcycled from it by `upcycle` ("copy" or "slice", see moe/upcycle.py): its
     architecture and tokenizer then come from `init`, routing, max_len and dropout from `cfg`."""
@@ -126,26 +144,39 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
     else:
         model, tok = start_from_pretrained(init, train_rows.texts, cfg, upcycle)
         cfg = model.cfg
-        log(f"upcycled {init} ({upcycle}): tokenizer trimmed to the {tok.get_vocab_size()} "
-            f"subwords the training texts use, in {time.time() - t0:.1f}s")
+        log(
+            f"upcycled {init} ({upcycle}): tokenizer trimmed to the {tok.get_vocab_size()} "
+            f"subwords the training texts use, in {time.time() - t0:.1f}s"
+        )
     tokenizer_json = tok.to_str(pretty=True)
     fast = load_fast_tokenizer(tok)
     train_batches = Batches(fast, train_rows, cfg.max_len)
     model = model.to(device)
-    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.n_layers} "
-        f"{cfg.norm_position}-norm layers, {cfg.n_experts} experts of FFN {cfg.d_ff}, top-{cfg.top_k}")
+    log(
+        f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.n_layers} "
+        f"{cfg.norm_position}-norm layers, {cfg.n_experts} experts of FFN {cfg.d_ff}, top-{cfg.top_k}"
+    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tc.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=tc.lr,
+        betas=(0.9, 0.98),
+        fused=device.type == "cuda",
+    )
     steps_per_epoch = math.ceil(len(train_batches) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     rng = random.Random(tc.seed)
 
-    history = {"config": cfg.to_dict(), "train": dataclasses.asdict(tc), "data": str(data),
-               "train_rows": len(train_rows), "val_rows": len(val_rows), "epochs": []}
+    history = {
+        "config": cfg.to_dict(),
+        "train": dataclasses.asdict(tc),
+        "data": str(data),
+        "train_rows": len(train_rows),
+        "val_rows": len(val_rows),
+        "epochs": [],
+    }
     if init is not None:
         history["upcycled_from"] = {"folder": str(init), "method": upcycle}
     best_val, step = -1.0, 0
@@ -153,13 +184,22 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
         model.train()
         # Running sums stay on the device: no host sync per step (the progress bar reads them
         # every 50 steps).
-        sums = dict(loss=torch.zeros((), device=device), bal=torch.zeros((), device=device),
-                    correct=torch.zeros((), dtype=torch.long, device=device), seen=0)
+        sums = dict(
+            loss=torch.zeros((), device=device),
+            bal=torch.zeros((), device=device),
+            correct=torch.zeros((), dtype=torch.long, device=device),
+            seen=0,
+        )
         load = torch.zeros(cfg.n_layers, cfg.n_experts, dtype=torch.long, device=device)
         t_epoch = time.time()
-        bar = tqdm(train_batches.iterate(tc.batch_size, True, rng), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{tc.epochs}", unit="batch", leave=False,
-                   mininterval=1.0)
+        bar = tqdm(
+            train_batches.iterate(tc.batch_size, True, rng),
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{tc.epochs}",
+            unit="batch",
+            leave=False,
+            mininterval=1.0,
+        )
         for ids, mask, labels in bar:
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             for g in opt.param_groups:
@@ -181,28 +221,36 @@ def train(cfg: MoEConfig, tc: TrainConfig, data: str | Path, out: Path, log=prin
             sums["correct"] += (logits.argmax(-1) == labels).sum()
             sums["seen"] += n
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{sums['loss'].item() / sums['seen']:.4f}",
-                                acc=f"{sums['correct'].item() / sums['seen']:.3f}",
-                                bal=f"{bal.item():.3f}")
+                bar.set_postfix(
+                    loss=f"{sums['loss'].item() / sums['seen']:.4f}",
+                    acc=f"{sums['correct'].item() / sums['seen']:.3f}",
+                    bal=f"{bal.item():.3f}",
+                )
         sums = {k: v.item() if torch.is_tensor(v) else v for k, v in sums.items()}
         val = evaluate(model, fast, val_rows, cfg, device=device)
-        record = dict(epoch=epoch, train_loss=sums["loss"] / sums["seen"],
-                      train_accuracy=sums["correct"] / sums["seen"],
-                      balance_loss=sums["bal"] / sums["seen"], val_accuracy=val["accuracy"],
-                      lr=lr_at(step - 1, total, tc), seconds=time.time() - t_epoch,
-                      expert_load_train=load.tolist(), expert_load_val=val["expert_load"])
+        record = dict(
+            epoch=epoch,
+            train_loss=sums["loss"] / sums["seen"],
+            train_accuracy=sums["correct"] / sums["seen"],
+            balance_loss=sums["bal"] / sums["seen"],
+            val_accuracy=val["accuracy"],
+            lr=lr_at(step - 1, total, tc),
+            seconds=time.time() - t_epoch,
+            expert_load_train=load.tolist(),
+            expert_load_val=val["expert_load"],
+        )
         history["epochs"].append(record)
         improved = val["accuracy"] > best_val
         if improved:
             best_val = val["accuracy"]
             history["best_epoch"], history["best_val_accuracy"] = epoch, best_val
-            save_checkpoint(out, model, tokenizer_json, history,
-                            dtype=getattr(torch, tc.save_dtype))
+            save_checkpoint(out, model, tokenizer_json, history, dtype=getattr(torch, tc.save_dtype))
         else:
             # Keep the best weights but record every epoch's numbers next to them.
             write_metrics(out, history)
-        log(f"epoch {epoch}/{tc.epochs}: train loss {record['train_loss']:.4f} "
+        log(
+            f"epoch {epoch}/{tc.epochs}: train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.4f} | val acc {record['val_accuracy']:.4f} | "
-            f"balance {record['balance_loss']:.3f} | {record['seconds']:.0f}s"
-            + ("  (best, saved)" if improved else ""))
+            f"balance {record['balance_loss']:.3f} | {record['seconds']:.0f}s" + ("  (best, saved)" if improved else "")
+        )
     return history

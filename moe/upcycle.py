@@ -36,13 +36,14 @@ The vocabulary is trimmed to the subwords the training texts use, plus every spe
 every single character (alone and as a continuation), renumbered in their original order, so
 [PAD] keeps id 0 and the texts tokenize to the same subwords as before.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors.torch import load_file
@@ -56,15 +57,19 @@ from .routing import real_token_index
 from .tokenizer import PAD, configure
 
 METHODS = ("copy", "slice")
-CENTRING_TEXTS = 128      # training texts whose tokens give the mean router input
-CONFIG, WEIGHTS, WEIGHTS_INDEX, TOKENIZER = ("config.json", "model.safetensors",
-                                             "model.safetensors.index.json", "tokenizer.json")
+CENTRING_TEXTS = 128  # training texts whose tokens give the mean router input
+CONFIG, WEIGHTS, WEIGHTS_INDEX, TOKENIZER = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+)
 
 
 @dataclass
 class Pretrained:
-    config: dict                  # the Hugging Face config.json
-    weights: dict[str, Tensor]    # BertModel names: embeddings.*, encoder.layer.N.*
+    config: dict  # the Hugging Face config.json
+    weights: dict[str, Tensor]  # BertModel names: embeddings.*, encoder.layer.N.*
     tokenizer: Tokenizer
 
 
@@ -72,14 +77,17 @@ def read_pretrained(folder: Path) -> Pretrained:
     folder = Path(folder)
     missing = [f for f in (CONFIG, TOKENIZER) if not (folder / f).is_file()]
     if not folder.is_dir() or missing:
-        raise MoEError(f"{folder} is not a Hugging Face model folder (needs {CONFIG}, {TOKENIZER} "
-                       f"and {WEIGHTS} or {WEIGHTS_INDEX})")
+        raise MoEError(
+            f"{folder} is not a Hugging Face model folder (needs {CONFIG}, {TOKENIZER} "
+            f"and {WEIGHTS} or {WEIGHTS_INDEX})"
+        )
     config = json.loads((folder / CONFIG).read_text())
     expected = dict(model_type="bert", hidden_act="gelu", position_embedding_type="absolute")
     wrong = {k: config.get(k, v) for k, v in expected.items() if config.get(k, v) != v}
     if wrong:
-        raise MoEError(f"{folder / CONFIG}: only BERT encoders with exact GELU and absolute "
-                       f"positions can be upcycled, got {wrong}")
+        raise MoEError(
+            f"{folder / CONFIG}: only BERT encoders with exact GELU and absolute positions can be upcycled, got {wrong}"
+        )
     return Pretrained(config, read_weights(folder), Tokenizer.from_file(str(folder / TOKENIZER)))
 
 
@@ -160,10 +168,17 @@ def moe_config(pretrained: Pretrained, base: MoEConfig, method: str) -> MoEConfi
     if pad_id is None:
         raise MoEError(f"the pretrained tokenizer has no {PAD} token")
     return dataclasses.replace(
-        base, vocab_size=c["vocab_size"], d_model=c["hidden_size"], n_heads=c["num_attention_heads"],
-        n_layers=c["num_hidden_layers"], d_ff=width if method == "copy" else width // base.n_experts,
-        max_len=min(base.max_len, c["max_position_embeddings"]), pad_id=pad_id,
-        norm_position="post", layer_norm_eps=c["layer_norm_eps"])
+        base,
+        vocab_size=c["vocab_size"],
+        d_model=c["hidden_size"],
+        n_heads=c["num_attention_heads"],
+        n_layers=c["num_hidden_layers"],
+        d_ff=width if method == "copy" else width // base.n_experts,
+        max_len=min(base.max_len, c["max_position_embeddings"]),
+        pad_id=pad_id,
+        norm_position="post",
+        layer_norm_eps=c["layer_norm_eps"],
+    )
 
 
 def upcycled_state(weights: dict[str, Tensor], cfg: MoEConfig, method: str) -> dict[str, Tensor]:
@@ -173,8 +188,9 @@ def upcycled_state(weights: dict[str, Tensor], cfg: MoEConfig, method: str) -> d
         "embedding.token.weight": w["embeddings.word_embeddings.weight"],
         # A single text is all segment 0: its token-type vector is a constant added at every
         # position, so it folds into the position table.
-        "embedding.position.weight": (w["embeddings.position_embeddings.weight"][:cfg.max_len]
-                                      + w["embeddings.token_type_embeddings.weight"][0]),
+        "embedding.position.weight": (
+            w["embeddings.position_embeddings.weight"][: cfg.max_len] + w["embeddings.token_type_embeddings.weight"][0]
+        ),
         "embedding.norm.weight": w["embeddings.LayerNorm.weight"],
         "embedding.norm.bias": w["embeddings.LayerNorm.bias"],
     }
@@ -182,7 +198,8 @@ def upcycled_state(weights: dict[str, Tensor], cfg: MoEConfig, method: str) -> d
         bert, ours = f"encoder.layer.{l}.", f"blocks.{l}."
         for kind in ("weight", "bias"):
             state[f"{ours}attention.qkv.{kind}"] = torch.cat(
-                [w[f"{bert}attention.self.{p}.{kind}"] for p in ("query", "key", "value")])
+                [w[f"{bert}attention.self.{p}.{kind}"] for p in ("query", "key", "value")]
+            )
             state[f"{ours}attention.out.{kind}"] = w[f"{bert}attention.output.dense.{kind}"]
             state[f"{ours}attention.norm.{kind}"] = w[f"{bert}attention.output.LayerNorm.{kind}"]
             # LN2 closes layer l in BERT; here it opens the next piece.
@@ -211,8 +228,10 @@ def upcycle(pretrained: Pretrained, base: MoEConfig, method: str) -> MoEClassifi
         raise MoEError(f"the pretrained weights have no {e.args[0]}: not a BertModel checkpoint?") from None
     result = model.load_state_dict(state, strict=False)
     fresh = sorted(result.missing_keys)
-    expected = sorted([f"blocks.{l}.moe.router.proj.weight" for l in range(cfg.n_layers)]
-                      + ["classifier.head.weight", "classifier.head.bias"])
+    expected = sorted(
+        [f"blocks.{l}.moe.router.proj.weight" for l in range(cfg.n_layers)]
+        + ["classifier.head.weight", "classifier.head.bias"]
+    )
     if fresh != expected or result.unexpected_keys:
         raise MoEError(f"upcycling left {fresh} untouched and produced unknown {result.unexpected_keys}")
     return model
@@ -239,8 +258,9 @@ def centre_routers(model: MoEClassifier, tokenizer: Tokenizer, texts: list[str])
     model.train(was_training)
 
 
-def start_from_pretrained(folder: Path, texts: list[str], base: MoEConfig,
-                          method: str) -> tuple[MoEClassifier, Tokenizer]:
+def start_from_pretrained(
+    folder: Path, texts: list[str], base: MoEConfig, method: str
+) -> tuple[MoEClassifier, Tokenizer]:
     """The upcycled model and its tokenizer (vocabulary trimmed to `texts`, truncating to
     max_len and padding with [PAD]): what `moe train --init` fine-tunes."""
     pretrained = trim_vocabulary(read_pretrained(folder), texts)

@@ -7,13 +7,13 @@ For each victim: a fresh server, 4 client threads (2 on moe_v1, 2 on moe_v2) sen
 --json-out) per workflow: requests, errors, the slowest failed request, the first and last error
 after the kill, when v1 answered correctly again, and the error messages seen.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,8 +28,9 @@ from serving.server import ServerOptions, TritonServer, free_ports
 
 def drill(repository: Path, victim: str, texts: list[str], seconds: float) -> dict:
     http_port, grpc_port, metrics_port = free_ports(3)
-    server = TritonServer(ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port,
-                                        metrics_port=metrics_port)).start()
+    server = TritonServer(
+        ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port)
+    ).start()
     client = grpc.InferenceServerClient(server.grpc_url)
     batch = np.array([[t.encode()] for t in texts[:8]], dtype=object)
     events, stop = [], threading.Event()
@@ -68,7 +69,8 @@ def drill(repository: Path, victim: str, texts: list[str], seconds: float) -> di
         last_error_end = max((e[2] for e in failed), default=None)
         recovered = min((e[2] for e in after if not e[3] and last_error_end and e[1] > last_error_end), default=None)
         report[model] = {
-            "requests_after_kill": len(after), "errors": len(failed),
+            "requests_after_kill": len(after),
+            "errors": len(failed),
             "slowest_failed_request_s": round(max((e[2] - e[1] for e in failed), default=0.0), 3),
             "first_error_after_kill_s": round(min(e[2] for e in failed) - killed_at, 3) if failed else None,
             "answering_again_after_kill_s": round(recovered - killed_at, 3) if recovered else None,

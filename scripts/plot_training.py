@@ -9,6 +9,7 @@ markdown runs table.
 
     .venv/bin/python scripts/plot_training.py [--table]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,17 +37,25 @@ def load_runs() -> list[dict]:
         for f in metrics_files:
             name = f.name[: -len(".metrics.json")]
             m = json.loads(f.read_text())
-            run = dict(name=name, sweep=sweep.name, metrics=m, gpu=gpu, concurrent=len(metrics_files),
-                       preset="seed" if m["config"]["n_layers"] == 6 else "small")
+            run = dict(
+                name=name,
+                sweep=sweep.name,
+                metrics=m,
+                gpu=gpu,
+                concurrent=len(metrics_files),
+                preset="seed" if m["config"]["n_layers"] == 6 else "small",
+            )
             for key, suffix in (("test_gpu", ".test.json"), ("test_cpu", ".test_cpu.json")):
                 p = sweep / (name + suffix)
                 run[key] = json.loads(p.read_text()) if p.is_file() else None
             t, c = m["train"], m["config"]
-            run["settings"] = (f"lr {t['lr']:g}, batch {t['batch_size']}, smoothing {t['label_smoothing']:g}, "
-                               f"wd {t['weight_decay']:g}, dropout {c['dropout']:g}, vocab {c['vocab_size']}, "
-                               f"balance w {c['balance_loss_weight']:g}")
+            run["settings"] = (
+                f"lr {t['lr']:g}, batch {t['batch_size']}, smoothing {t['label_smoothing']:g}, "
+                f"wd {t['weight_decay']:g}, dropout {c['dropout']:g}, vocab {c['vocab_size']}, "
+                f"balance w {c['balance_loss_weight']:g}"
+            )
             cmd = (sweep / (name + ".cmd")).read_text().split()
-            run["args"] = " ".join(cmd[cmd.index("--out") + 2:])
+            run["args"] = " ".join(cmd[cmd.index("--out") + 2 :])
             log = (sweep / (name + ".log")).read_text()
             found = re.search(r"model: ([\d.]+)M parameters", log)
             run["params_m"] = float(found.group(1)) if found else None
@@ -61,9 +70,11 @@ def fmt_acc(x) -> str:
 
 def table(runs: list[dict]) -> str:
     bundled_epochs = json.loads((BUNDLED / "metrics.json").read_text())["epochs"]
-    head = ("| run | preset | settings | params | train rows | epochs run / planned "
-            "(best) | val acc % | test acc % (GPU) | test acc % (CPU) | max load / fair (test) "
-            "| train time | GPU (runs sharing it) |")
+    head = (
+        "| run | preset | settings | params | train rows | epochs run / planned "
+        "(best) | val acc % | test acc % (GPU) | test acc % (CPU) | max load / fair (test) "
+        "| train time | GPU (runs sharing it) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in sorted(runs, key=lambda r: (r["preset"] != "small", r["sweep"], r["name"])):
         m = r["metrics"]
@@ -78,7 +89,8 @@ def table(runs: list[dict]) -> str:
             f"({m['best_epoch']}) | {fmt_acc(m['best_val_accuracy'])} "
             f"| {fmt_acc(r['test_gpu'] and r['test_gpu']['accuracy'])} "
             f"| {fmt_acc(r['test_cpu'] and r['test_cpu']['accuracy'])} | {load} "
-            f"| {seconds / 60:.1f} min | {r['gpu']} ({r['sweep']}: {r['concurrent']}) |")
+            f"| {seconds / 60:.1f} min | {r['gpu']} ({r['sweep']}: {r['concurrent']}) |"
+        )
     return "\n".join(lines)
 
 
@@ -91,10 +103,16 @@ def plot_curves(runs: list[dict], out: Path) -> None:
             ep = [e["epoch"] for e in r["metrics"]["epochs"]]
             style = "-" if r["sweep"] != "sweep1" else "--"
             lw = 2.8 if r["metrics"]["epochs"] == bundled["epochs"] else 1.3
-            axes[0, col].plot(ep, [e["val_accuracy"] * 100 for e in r["metrics"]["epochs"]], style,
-                              marker="o", ms=3, lw=lw, label=f"{r['name']} ({r['sweep']})")
-            axes[1, col].plot(ep, [e["train_loss"] for e in r["metrics"]["epochs"]], style,
-                              marker="o", ms=3, lw=lw)
+            axes[0, col].plot(
+                ep,
+                [e["val_accuracy"] * 100 for e in r["metrics"]["epochs"]],
+                style,
+                marker="o",
+                ms=3,
+                lw=lw,
+                label=f"{r['name']} ({r['sweep']})",
+            )
+            axes[1, col].plot(ep, [e["train_loss"] for e in r["metrics"]["epochs"]], style, marker="o", ms=3, lw=lw)
         axes[0, col].set_title(f"{preset} preset: validation accuracy (2,285 held-out training rows)")
         axes[0, col].set_ylabel("val accuracy %")
         axes[0, col].set_ylim(88, 91.5)
@@ -105,8 +123,9 @@ def plot_curves(runs: list[dict], out: Path) -> None:
         axes[1, col].set_xlabel("epoch")
         axes[1, col].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         axes[1, col].grid(alpha=0.3)
-    fig.suptitle("AG News, 43,417 training rows (45,702 of the official 120,000 minus validation); "
-                 "dashed: sweep 1", fontsize=10)
+    fig.suptitle(
+        "AG News, 43,417 training rows (45,702 of the official 120,000 minus validation); dashed: sweep 1", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -125,8 +144,7 @@ def plot_load(runs: list[dict], out: Path) -> None:
     if seed:
         panels.append((f"best seed run ({seed['name']})", seed["test_gpu"]["expert_load"]))
     cols = max(len(load) for _, load in panels)
-    fig, axes = plt.subplots(len(panels), cols, figsize=(3.3 * cols, 3.2 * len(panels)),
-                             sharey=True, squeeze=False)
+    fig, axes = plt.subplots(len(panels), cols, figsize=(3.3 * cols, 3.2 * len(panels)), sharey=True, squeeze=False)
     for row, (title, load) in enumerate(panels):
         n_experts = len(load[0])
         for layer in range(cols):

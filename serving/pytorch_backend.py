@@ -11,6 +11,7 @@ nothing else does.
     python -m serving.pytorch_backend            # build (or find) it, print its folder
     python -m serving.pytorch_backend --gpu      # with GPU support (needs nvcc and a CUDA torch)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def cache_root() -> Path:
 def torch_paths() -> tuple[Path, Path]:
     """(torch package folder, its lib folder) without importing torch (which takes seconds)."""
     import importlib.util
+
     spec = importlib.util.find_spec("torch")
     if spec is None or spec.origin is None:
         raise MoEError("torch is not installed: the libtorch backend is built against it")
@@ -98,7 +100,8 @@ def cmake_args(build_sources: Path, gpu: bool, cuda_architectures: str) -> list[
     include = sysconfig.get_paths()["include"]
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     return [
-        *generator, str(build_sources / "pytorch_backend"),
+        *generator,
+        str(build_sources / "pytorch_backend"),
         "-DCMAKE_BUILD_TYPE=Release",
         f"-DTRITON_ENABLE_GPU={'ON' if gpu else 'OFF'}",
         f"-DTRITON_BACKEND_CUDA_ARCHITECTURES={cuda_architectures}",
@@ -123,8 +126,10 @@ def check_tools(gpu: bool) -> None:
     if gpu and shutil.which("nvcc") is None:
         missing.append("nvcc")
     if missing:
-        raise MoEError(f"building the libtorch backend needs {', '.join(missing)} "
-                       "(`make setup` installs cmake, g++, ninja and rapidjson)")
+        raise MoEError(
+            f"building the libtorch backend needs {', '.join(missing)} "
+            "(`make setup` installs cmake, g++, ninja and rapidjson)"
+        )
 
 
 def build(out: Path, gpu: bool, cuda_architectures: str, log=print) -> None:
@@ -137,9 +142,10 @@ def build(out: Path, gpu: bool, cuda_architectures: str, log=print) -> None:
         work.mkdir()
         started = time.monotonic()
         log(f"building {LIBRARY} ({'GPU' if gpu else 'CPU'}) against torch {torch_version()[0]} ...")
-        for step in (["cmake", *cmake_args(sources, gpu, cuda_architectures)],
-                     ["cmake", "--build", ".", "--target", "triton-pytorch-backend",
-                      "--parallel", str(os.cpu_count() or 2)]):
+        for step in (
+            ["cmake", *cmake_args(sources, gpu, cuda_architectures)],
+            ["cmake", "--build", ".", "--target", "triton-pytorch-backend", "--parallel", str(os.cpu_count() or 2)],
+        ):
             result = subprocess.run(step, cwd=work, capture_output=True, text=True)
             if result.returncode != 0:
                 tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-25:])
@@ -151,12 +157,12 @@ def build(out: Path, gpu: bool, cuda_architectures: str, log=print) -> None:
             shutil.copy2(built, folder / LIBRARY)
             (folder / "BUILD_INFO").write_text(
                 f"torch {torch_version()[0]} cuda {torch_version()[1]} gpu {gpu} "
-                f"cuda_architectures {cuda_architectures}\n")
+                f"cuda_architectures {cuda_architectures}\n"
+            )
         log(f"built {out / LIBRARY} in {time.monotonic() - started:.0f}s")
 
 
-def ensure_built(gpu: bool | None = None, cuda_architectures: str = DEFAULT_CUDA_ARCHITECTURES,
-                 log=print) -> Path:
+def ensure_built(gpu: bool | None = None, cuda_architectures: str = DEFAULT_CUDA_ARCHITECTURES, log=print) -> Path:
     """The folder holding a libtriton_pytorch.so for the torch installed here; built on first use."""
     gpu = wants_gpu() if gpu is None else gpu
     out = cache_root() / build_key(gpu)

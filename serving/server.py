@@ -1,5 +1,6 @@
 """Run tritonserver on an exported model repository: by default the binary shipped in the
 nvidia-pytriton wheel, with its Python backend and NVIDIA's libtorch backend built here."""
+
 from __future__ import annotations
 
 import os
@@ -37,6 +38,7 @@ def prepare_backends(folder: Path) -> Path:
     """A backend directory: the Python backend with the stub for this Python, and NVIDIA's
     libtorch backend built against the torch installed here (serving.pytorch_backend)."""
     from .pytorch_backend import LIBRARY, ensure_built
+
     dist, libs = triton_dist()
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -63,6 +65,7 @@ def server_env(bundled: bool = True, torch_threads: int = 1) -> dict:
     env = os.environ.copy()
     if bundled:
         from .pytorch_backend import torch_paths
+
         _, libs = triton_dist()
         # libtriton_pytorch.so finds libtorch in the installed torch package.
         extra = (str(libs), str(torch_paths()[1]))
@@ -80,6 +83,7 @@ def server_env(bundled: bool = True, torch_threads: int = 1) -> dict:
 def free_ports(n: int) -> list[int]:
     """n distinct TCP ports free on loopback now (for tests, benchmarks and load runs)."""
     import socket
+
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
@@ -128,8 +132,7 @@ def _proc_stat_parent(pid: int) -> int | None:
 
 
 def children(pid: int) -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir()
-            if p.name.isdigit() and _proc_stat_parent(int(p.name)) == pid]
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _proc_stat_parent(int(p.name)) == pid]
 
 
 def process_tree(root: int) -> list[int]:
@@ -174,8 +177,12 @@ def gpu_memory_mb(pids: list[int]) -> dict[int, float] | None:
     """GPU memory used by each of `pids` (nvidia-smi); None without a GPU driver."""
     if shutil.which("nvidia-smi") is None:
         return None
-    result = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if result.returncode != 0:
         return None
     used: dict[int, float] = {}
@@ -221,7 +228,7 @@ class TritonServer:
         self.opts = opts
         # Opens the restricted APIs; known to this process (for stub recovery), never logged.
         self.admin_key = opts.admin_key or secrets.token_urlsafe(32)
-        self.restarts: list[str] = []          # models reloaded after their stub died
+        self.restarts: list[str] = []  # models reloaded after their stub died
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
         self.workdir = Path(tempfile.mkdtemp(prefix="moe-triton-"))
@@ -271,27 +278,33 @@ class TritonServer:
         cmd += [
             f"--backend-directory={backends}",
             f"--cache-directory={self.workdir / 'cache'}",
-            f"--http-address={o.host}", f"--http-port={o.http_port}",
-            f"--grpc-address={o.host}", f"--grpc-port={o.grpc_port}",
-            f"--metrics-address={o.host}", f"--metrics-port={o.metrics_port}",
+            f"--http-address={o.host}",
+            f"--http-port={o.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={o.grpc_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={o.metrics_port}",
             # Explicit mode only so that this process can reload a model whose stub died; the
             # load/unload endpoints sit behind the admin header like the rest of the
             # repository API, so for everyone else model control stays closed.
-            "--model-control-mode=explicit", "--load-model=*",
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--exit-timeout-secs=5",
-            "--strict-readiness=true", "--exit-on-error=true",
-            "--disable-auto-complete-config",   # serve the configs exactly as exported
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+            "--disable-auto-complete-config",  # serve the configs exactly as exported
             f"--log-verbose={o.log_verbose}",
         ]
         return cmd + list(o.extra_args)
 
-    def start(self, timeout: float = 180.0) -> "TritonServer":
+    def start(self, timeout: float = 180.0) -> TritonServer:
         log = open(self.log_path, "wb")
         env = server_env(bundled=self.opts.tritonserver is None, torch_threads=self.opts.torch_threads)
         if self.opts.experts_at:
             env["MOE_REMOTE_EXPERTS"] = ",".join(self.opts.experts_at)
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                        env=env, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         self.wait_ready(timeout)
         self._supervisor = threading.Thread(target=self._supervise, name="stub-supervisor", daemon=True)
@@ -314,12 +327,14 @@ class TritonServer:
         stubs = self.stubs()
         pids = process_tree(self.process.pid)
         names = {pid: name for name, pid in stubs.items()} | {self.process.pid: "tritonserver"}
-        result = dict(processes=len(pids), python_stubs=len(stubs),
-                      rss_mb=round(sum(status_kb(p, "VmRSS") for p in pids) / 1024, 1),
-                      pss_mb=round(sum(pss_kb(p) for p in pids) / 1024, 1),
-                      tritonserver_rss_mb=round(status_kb(self.process.pid, "VmRSS") / 1024, 1),
-                      stub_rss_mb={name: round(status_kb(pid, "VmRSS") / 1024, 1)
-                                   for name, pid in sorted(stubs.items())})
+        result = dict(
+            processes=len(pids),
+            python_stubs=len(stubs),
+            rss_mb=round(sum(status_kb(p, "VmRSS") for p in pids) / 1024, 1),
+            pss_mb=round(sum(pss_kb(p) for p in pids) / 1024, 1),
+            tritonserver_rss_mb=round(status_kb(self.process.pid, "VmRSS") / 1024, 1),
+            stub_rss_mb={name: round(status_kb(pid, "VmRSS") / 1024, 1) for name, pid in sorted(stubs.items())},
+        )
         gpu = gpu_memory_mb(pids)
         if gpu is not None:
             result["gpu_mb"] = {names.get(pid, str(pid)): mb for pid, mb in gpu.items()}
@@ -327,8 +342,11 @@ class TritonServer:
 
     def _repository_call(self, model: str, action: str) -> None:
         request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/models/{model}/{action}", data=b"{}", method="POST",
-            headers={ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"})
+            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
+            data=b"{}",
+            method="POST",
+            headers={ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as r:
             r.read()
 
@@ -352,7 +370,7 @@ class TritonServer:
                     self.reload(model)
                     self.restarts.append(model)
                 except OSError:
-                    continue                  # retried at the next pass
+                    continue  # retried at the next pass
             known = self.stubs()
 
     def log_text(self) -> str:
@@ -361,8 +379,11 @@ class TritonServer:
     def error_summary(self) -> str:
         # CUDA/NVML/DCGM complaints are expected on a machine without a GPU: not the cause.
         noise = ("CUDA", "NVML", "DCGM", "CudaDriverHelper", "pb_stub.cc")
-        lines = [l for l in self.log_text().splitlines()
-                 if (l[:1] == "E" or "error" in l.lower()) and not any(n in l for n in noise)]
+        lines = [
+            l
+            for l in self.log_text().splitlines()
+            if (l[:1] == "E" or "error" in l.lower()) and not any(n in l for n in noise)
+        ]
         return "\n".join(lines[-8:]) or self.log_text()[-2000:]
 
     def ready(self) -> bool:
@@ -376,8 +397,10 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise MoEError(f"tritonserver exited with code {self.process.returncode} before "
-                               f"all models were ready:\n{self.error_summary()}")
+                raise MoEError(
+                    f"tritonserver exited with code {self.process.returncode} before "
+                    f"all models were ready:\n{self.error_summary()}"
+                )
             if self.ready():
                 return
             time.sleep(0.25)

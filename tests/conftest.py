@@ -1,6 +1,7 @@
 """Fixtures of both layers. tests/unit: no server, no training, well under a minute;
 tests/integration: real tritonserver processes on free loopback ports, a tiny model trained on
 AG News rows. `pytest -m unit` / `pytest -m integration` (or the folder) runs one layer."""
+
 import os
 import subprocess
 import sys
@@ -37,6 +38,7 @@ def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
     """A tiny model really trained on AG News rows (seconds on CPU), shared by the suite."""
     from moe.config import preset
     from moe.train import TrainConfig, train
+
     out = tmp_path_factory.mktemp("ckpt") / "tiny"
     tc = TrainConfig(epochs=2, lr=2e-3, batch_size=64, label_smoothing=0.0, max_train_rows=4000)
     train(preset("tiny"), tc, data_dir, out, log=lambda *_: None)
@@ -44,14 +46,21 @@ def tiny_checkpoint(tmp_path_factory, data_dir) -> Path:
 
 
 def run_cli(*args, timeout=300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "serving.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        **kw,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_repository(tmp_path_factory, tiny_checkpoint) -> Path:
     """The tiny checkpoint exported to a Triton model repository (TorchScript pieces)."""
     from export.repository import export_repository
+
     out = tmp_path_factory.mktemp("repo") / "build"
     export_repository(tiny_checkpoint, out, progress=False, log=lambda *_: None)
     return out
@@ -62,9 +71,11 @@ ADMIN_KEY = "test-admin-key"
 
 def start_server(repository: Path, **kw):
     from serving.server import ServerOptions, TritonServer
+
     http_port, grpc_port, metrics_port = free_ports(3)
-    server = TritonServer(ServerOptions(repository=repository, http_port=http_port,
-                                        grpc_port=grpc_port, metrics_port=metrics_port, **kw))
+    server = TritonServer(
+        ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, **kw)
+    )
     return server.start(timeout=240)
 
 

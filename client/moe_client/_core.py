@@ -1,10 +1,11 @@
 """The protocol-independent parts shared by MoEClient and AsyncMoEClient: results, errors,
 building a request and reading its answer. Nothing here does I/O."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from tritonclient.utils import InferenceServerException
@@ -12,12 +13,12 @@ from tritonclient.utils import InferenceServerException
 PROTOCOLS = ("http", "grpc")
 OUTPUTS = ("LABEL", "LABEL_ID", "PROBS")
 ROUTING_OUTPUT = "EXPERT_TOKENS"
-LABELS_MODEL = "postprocessing"   # its config parameter `labels` lists the class names in order
+LABELS_MODEL = "postprocessing"  # its config parameter `labels` lists the class names in order
 # `moe serve` keeps the repository index (and other admin APIs) behind this header; Triton
 # expects it with this prefix over gRPC.
 ADMIN_HEADER = "moe-admin-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
-INT32_MAX = 2 ** 31 - 1
+INT32_MAX = 2**31 - 1
 # tritonclient's message sizes, and reconnects as quick as our retries: gRPC's default 1 s
 # reconnect backoff would make every retry within it fail at once.
 GRPC_CHANNEL_ARGS = [
@@ -33,9 +34,9 @@ class Prediction:
     text: str
     label: str
     label_id: int
-    confidence: float                       # probability of `label`
-    probabilities: dict[str, float]         # class name -> probability
-    expert_tokens: list[list[int]] | None = None   # [layer][expert] tokens routed (v1 only)
+    confidence: float  # probability of `label`
+    probabilities: dict[str, float]  # class name -> probability
+    expert_tokens: list[list[int]] | None = None  # [layer][expert] tokens routed (v1 only)
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,10 @@ class ModelInfo:
 @dataclass(frozen=True)
 class ModelSpec:
     """What the client needs to know about one served workflow model."""
+
     name: str
     max_batch_size: int
-    routing: bool           # has the optional EXPERT_TOKENS output
+    routing: bool  # has the optional EXPERT_TOKENS output
 
 
 class MoEClientError(Exception):
@@ -109,13 +111,12 @@ def as_texts(text_or_texts: str | Iterable[str]) -> tuple[list[str], bool]:
 def chunks(texts: Sequence[str], size: int) -> list[tuple[int, Sequence[str]]]:
     """(offset, texts) pieces of at most `size` texts: one request each."""
     size = max(1, size)
-    return [(i, texts[i:i + size]) for i in range(0, len(texts), size)]
+    return [(i, texts[i : i + size]) for i in range(0, len(texts), size)]
 
 
 def check_routing(spec: ModelSpec, return_routing: bool) -> None:
     if return_routing and not spec.routing:
-        raise ValueError(f"model {spec.name!r} does not report routing: "
-                         f"return_routing=True needs workflow='v1'")
+        raise ValueError(f"model {spec.name!r} does not report routing: return_routing=True needs workflow='v1'")
 
 
 def build_request(protocol_module, texts: Sequence[str], routing: bool) -> dict:
@@ -127,14 +128,15 @@ def build_request(protocol_module, texts: Sequence[str], routing: bool) -> dict:
     text = protocol_module.InferInput("TEXT", list(data.shape), "BYTES")
     text.set_data_from_numpy(data)
     names = OUTPUTS + ((ROUTING_OUTPUT,) if routing else ())
-    return {"inputs": [text],
-            "outputs": [protocol_module.InferRequestedOutput(n) for n in names],
-            # The server computes EXPERT_TOKENS only when a request asks for it this way.
-            "parameters": {"expert_tokens": True} if routing else None}
+    return {
+        "inputs": [text],
+        "outputs": [protocol_module.InferRequestedOutput(n) for n in names],
+        # The server computes EXPERT_TOKENS only when a request asks for it this way.
+        "parameters": {"expert_tokens": True} if routing else None,
+    }
 
 
-def parse_result(result, texts: Sequence[str], labels: Sequence[str],
-                 routing: bool) -> list[Prediction]:
+def parse_result(result, texts: Sequence[str], labels: Sequence[str], routing: bool) -> list[Prediction]:
     probs = result.as_numpy("PROBS")
     ids = result.as_numpy("LABEL_ID").reshape(-1)
     names = result.as_numpy("LABEL").reshape(-1)
@@ -144,10 +146,16 @@ def parse_result(result, texts: Sequence[str], labels: Sequence[str],
     predictions = []
     for i, text in enumerate(texts):
         label = names[i].decode("utf-8") if isinstance(names[i], bytes) else str(names[i])
-        predictions.append(Prediction(
-            text=text, label=label, label_id=int(ids[i]), confidence=float(probs[i, ids[i]]),
-            probabilities={name: float(p) for name, p in zip(labels, probs[i])},
-            expert_tokens=tokens[i].tolist() if routing else None))
+        predictions.append(
+            Prediction(
+                text=text,
+                label=label,
+                label_id=int(ids[i]),
+                confidence=float(probs[i, ids[i]]),
+                probabilities={name: float(p) for name, p in zip(labels, probs[i])},
+                expert_tokens=tokens[i].tolist() if routing else None,
+            )
+        )
     return predictions
 
 
@@ -183,14 +191,13 @@ def map_error(exc: BaseException, where: str, offset: int = 0) -> MoEClientError
         return exc
     if isinstance(exc, InferenceServerException):
         status, msg = str(exc.status() or ""), exc.message() or str(exc)
-        if "is restricted, expecting header" in msg:    # Triton's restricted APIs
+        if "is restricted, expecting header" in msg:  # Triton's restricted APIs
             return AccessDenied(f"{msg}: give the client the server's admin_key")
         if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in msg:
             return RequestTimeout(f"no answer from {where} in time: {msg}")
         if "UNAVAILABLE" in status:
             return ServerUnreachable(f"cannot reach {where}: {msg}")
-        if (status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in msg
-                or "not ready" in msg):
+        if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in msg or "not ready" in msg:
             return ModelNotReady(msg)
         if status in ("400", "StatusCode.INVALID_ARGUMENT"):
             note = f" (TEXT[i] is texts[{offset} + i])" if offset else ""
@@ -209,15 +216,21 @@ def map_error(exc: BaseException, where: str, offset: int = 0) -> MoEClientError
 
 def backoff(attempt: int) -> float:
     """Seconds to wait before retry number `attempt` (0, 1, ...)."""
-    return min(0.1 * 2 ** attempt, 1.0)
-
+    return min(0.1 * 2**attempt, 1.0)
 
 
 class ClientBase:
     """Options and per-server facts shared by the sync and async clients."""
 
-    def __init__(self, url: str = "localhost:8000", protocol: str = "http", workflow: str = "v2",
-                 timeout: float = 30.0, retries: int = 2, admin_key: str | None = None):
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: str = "http",
+        workflow: str = "v2",
+        timeout: float = 30.0,
+        retries: int = 2,
+        admin_key: str | None = None,
+    ):
         check_options(protocol, retries, timeout)
         self.url, self.protocol, self.workflow = url, protocol, workflow
         self.timeout, self.retries = timeout, retries
@@ -234,8 +247,7 @@ class ClientBase:
     def _where(self) -> str:
         return f"{self.protocol} server at {self.url}"
 
-    def _error(self, exc: BaseException, attempt: int,
-               offset: int = 0) -> tuple[MoEClientError | None, bool]:
+    def _error(self, exc: BaseException, attempt: int, offset: int = 0) -> tuple[MoEClientError | None, bool]:
         """(the error to raise, whether to retry instead)."""
         error = map_error(exc, self._where, offset)
         if isinstance(error, ServerUnreachable):
@@ -246,5 +258,4 @@ class ClientBase:
         return error, False
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(url={self.url!r}, protocol={self.protocol!r}, "
-                f"workflow={self.workflow!r})")
+        return f"{type(self).__name__}(url={self.url!r}, protocol={self.protocol!r}, workflow={self.workflow!r})"

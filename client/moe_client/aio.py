@@ -1,31 +1,56 @@
 """AsyncMoEClient: the same calls as MoEClient, as coroutines over tritonclient's aio clients."""
+
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable
+from collections.abc import Iterable
 
-from ._core import (GRPC_CHANNEL_ARGS, LABELS_MODEL, ClientBase, ModelInfo, ModelSpec,
-                    Prediction, RequestTimeout, ServerUnreachable, as_texts, backoff,
-                    build_request, check_routing, chunks, model_name, parse_index, parse_labels,
-                    parse_result, parse_spec)
+from ._core import (
+    GRPC_CHANNEL_ARGS,
+    LABELS_MODEL,
+    ClientBase,
+    ModelInfo,
+    ModelSpec,
+    Prediction,
+    RequestTimeout,
+    ServerUnreachable,
+    as_texts,
+    backoff,
+    build_request,
+    check_routing,
+    chunks,
+    model_name,
+    parse_index,
+    parse_labels,
+    parse_result,
+    parse_spec,
+)
 
 
 class AsyncMoEClient(ClientBase):
     """MoEClient for asyncio: many concurrent classify() calls share one connection pool, and
     the chunks of a long list are sent concurrently. Use it inside one event loop."""
 
-    def __init__(self, url: str = "localhost:8000", protocol: str = "http", workflow: str = "v2",
-                 timeout: float = 30.0, retries: int = 2, admin_key: str | None = None):
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: str = "http",
+        workflow: str = "v2",
+        timeout: float = 30.0,
+        retries: int = 2,
+        admin_key: str | None = None,
+    ):
         super().__init__(url, protocol, workflow, timeout, retries, admin_key)
         if protocol == "http":
             import tritonclient.http as module
         else:
             import tritonclient.grpc as module
         self._module = module
-        self._client = None   # made in the event loop, at the first call
+        self._client = None  # made in the event loop, at the first call
 
-    async def classify(self, text_or_texts: str | Iterable[str], workflow: str | None = None,
-                       return_routing: bool = False) -> Prediction | list[Prediction]:
+    async def classify(
+        self, text_or_texts: str | Iterable[str], workflow: str | None = None, return_routing: bool = False
+    ) -> Prediction | list[Prediction]:
         """See MoEClient.classify."""
         texts, single = as_texts(text_or_texts)
         spec = await self._spec(workflow or self.workflow)
@@ -45,8 +70,7 @@ class AsyncMoEClient(ClientBase):
         """Whether the server and the workflow's model are ready (False when unreachable)."""
         try:
             name = model_name(workflow or self.workflow)
-            return bool(await self._call("is_server_ready")
-                        and await self._call("is_model_ready", name))
+            return bool(await self._call("is_server_ready") and await self._call("is_model_ready", name))
         except (ServerUnreachable, RequestTimeout):
             return False
 
@@ -61,7 +85,7 @@ class AsyncMoEClient(ClientBase):
             client, self._client = self._client, None
             await client.close()
 
-    async def __aenter__(self) -> "AsyncMoEClient":
+    async def __aenter__(self) -> AsyncMoEClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -84,9 +108,11 @@ class AsyncMoEClient(ClientBase):
         if self._client is None:
             if self.protocol == "http":
                 import tritonclient.http.aio as aio
+
                 self._client = aio.InferenceServerClient(self.url, conn_timeout=self.timeout)
             else:
                 import tritonclient.grpc.aio as aio
+
                 self._client = aio.InferenceServerClient(self.url, channel_args=GRPC_CHANNEL_ARGS)
         return self._client
 

@@ -1,13 +1,30 @@
 """MoEClient: blocking calls over tritonclient.http or tritonclient.grpc."""
+
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from collections.abc import Iterable
 
-from ._core import (GRPC_CHANNEL_ARGS, LABELS_MODEL, ClientBase, ModelInfo, ModelSpec,
-                    Prediction, RequestTimeout, ServerUnreachable, as_texts, backoff,
-                    build_request, check_routing, chunks, model_name, parse_index, parse_labels,
-                    parse_result, parse_spec)
+from ._core import (
+    GRPC_CHANNEL_ARGS,
+    LABELS_MODEL,
+    ClientBase,
+    ModelInfo,
+    ModelSpec,
+    Prediction,
+    RequestTimeout,
+    ServerUnreachable,
+    as_texts,
+    backoff,
+    build_request,
+    check_routing,
+    chunks,
+    model_name,
+    parse_index,
+    parse_labels,
+    parse_result,
+    parse_spec,
+)
 
 
 class MoEClient(ClientBase):
@@ -18,20 +35,29 @@ class MoEClient(ClientBase):
     Not thread-safe: use one client per thread, or AsyncMoEClient for concurrency.
     """
 
-    def __init__(self, url: str = "localhost:8000", protocol: str = "http", workflow: str = "v2",
-                 timeout: float = 30.0, retries: int = 2, admin_key: str | None = None):
+    def __init__(
+        self,
+        url: str = "localhost:8000",
+        protocol: str = "http",
+        workflow: str = "v2",
+        timeout: float = 30.0,
+        retries: int = 2,
+        admin_key: str | None = None,
+    ):
         super().__init__(url, protocol, workflow, timeout, retries, admin_key)
         if protocol == "http":
             import tritonclient.http as module
-            self._client = module.InferenceServerClient(url, connection_timeout=timeout,
-                                                        network_timeout=timeout)
+
+            self._client = module.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
         else:
             import tritonclient.grpc as module
+
             self._client = module.InferenceServerClient(url, channel_args=GRPC_CHANNEL_ARGS)
         self._module = module
 
-    def classify(self, text_or_texts: str | Iterable[str], workflow: str | None = None,
-                 return_routing: bool = False) -> Prediction | list[Prediction]:
+    def classify(
+        self, text_or_texts: str | Iterable[str], workflow: str | None = None, return_routing: bool = False
+    ) -> Prediction | list[Prediction]:
         """One Prediction for a str, a list of them for a list of str (sent in chunks of the
         model's max batch size). return_routing=True adds expert_tokens (workflow 'v1')."""
         texts, single = as_texts(text_or_texts)
@@ -61,7 +87,7 @@ class MoEClient(ClientBase):
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "MoEClient":
+    def __enter__(self) -> MoEClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -5,6 +5,7 @@ Python model's model.py (Triton puts that folder on the model's import path).
 torch is imported only by the function that needs it, so a model that converts no tensors (the
 tokenizer, post-processing) does not load it.
 """
+
 import json
 
 import triton_python_backend_utils as pb_utils
@@ -36,4 +37,5 @@ def to_triton(name: str, tensor):
 def to_torch(tensor):
     """A Triton tensor as a torch tensor on the device it is on, sharing its memory."""
     from torch.utils.dlpack import from_dlpack
+
     return from_dlpack(tensor.to_dlpack())

@@ -6,6 +6,7 @@ compared with the eager model in this process (on the device asked for, and on t
 Prints and writes: labels equal, the largest probability differences, errors. Exits 1 if any
 label differs or a probability differs by more than --tolerance.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,11 @@ from moe_client import MoEClient, MoEClientError
 
 def eager_probs(model: EagerModel, texts: list[str], batch: int = 64) -> np.ndarray:
     from moe.tokenizer import encode
+
     out = []
     with torch.inference_mode():
         for s in range(0, len(texts), batch):
-            ids, mask = encode(model.tokenizer, texts[s:s + batch], model.model.cfg.max_len)
+            ids, mask = encode(model.tokenizer, texts[s : s + batch], model.model.cfg.max_len)
             logits = model.model(ids.to(model.device), mask.to(model.device))
             out.append(torch.softmax(logits.float(), -1).cpu().numpy())
     return np.concatenate(out)
@@ -42,10 +44,11 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=1e-4)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    texts = load_split(args.data, "test").texts[:args.texts]
+    texts = load_split(args.data, "test").texts[: args.texts]
     labels = EagerModel(args.checkpoint).labels
-    references = {"eager_" + d: eager_probs(EagerModel(args.checkpoint, d), texts)
-                  for d in dict.fromkeys([args.device, "cpu"])}
+    references = {
+        "eager_" + d: eager_probs(EagerModel(args.checkpoint, d), texts) for d in dict.fromkeys([args.device, "cpu"])
+    }
     served, errors = {}, {}
     with MoEClient(args.url, timeout=120) as client:
         for workflow in ("v1", "v2"):
@@ -54,18 +57,27 @@ def main() -> int:
                 served[workflow] = np.array([[p.probabilities[name] for name in labels] for p in predictions])
             except MoEClientError as e:
                 errors[workflow] = str(e)
-    report = dict(texts=len(texts), device=args.device, tolerance=args.tolerance, errors=errors,
-                  gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+    report = dict(
+        texts=len(texts),
+        device=args.device,
+        tolerance=args.tolerance,
+        errors=errors,
+        gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    )
     probs = {**served, **references}
     names = list(probs)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             report[f"{a}_vs_{b}"] = dict(
                 labels_equal=int((probs[a].argmax(1) == probs[b].argmax(1)).sum()),
-                max_abs_prob_diff=float(np.abs(probs[a] - probs[b]).max()))
+                max_abs_prob_diff=float(np.abs(probs[a] - probs[b]).max()),
+            )
     served_pairs = [v for k, v in report.items() if isinstance(v, dict) and k.startswith(("v1_", "v2_"))]
-    ok = not errors and len(served) == 2 and all(
-        v["labels_equal"] == len(texts) and v["max_abs_prob_diff"] <= args.tolerance for v in served_pairs)
+    ok = (
+        not errors
+        and len(served) == 2
+        and all(v["labels_equal"] == len(texts) and v["max_abs_prob_diff"] <= args.tolerance for v in served_pairs)
+    )
     report["ok"] = ok
     text = json.dumps(report, indent=2)
     print(text)

@@ -13,6 +13,7 @@ one call's carry. The CSVs go xz-compressed. One folder per call:
 
     python scripts/gpu/upcycle_pack.py --init HF_FOLDER [--data ../shared/data/ag_news] [--out .devcarry/upcycle]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,15 +50,16 @@ def shard(weights: dict[str, torch.Tensor], first_shard_bytes: int) -> list[dict
 
 def write_folder(pretrained: Pretrained, parts: list[Path], first_shard_bytes: int) -> None:
     """A Hugging Face folder with sharded fp16 safetensors; shard i goes to parts[i]."""
-    weights = {k: v.to(torch.float16).contiguous() for k, v in pretrained.weights.items()
-               if v.is_floating_point()}
+    weights = {k: v.to(torch.float16).contiguous() for k, v in pretrained.weights.items() if v.is_floating_point()}
     shards = shard(weights, first_shard_bytes)
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     for part, tensors, name in zip(parts, shards, names):
         (part / "minilm").mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(part / "minilm" / name), metadata={"format": "pt"})
-    index = {"metadata": {"total_size": sum(v.numel() * 2 for v in weights.values())},
-             "weight_map": {k: name for tensors, name in zip(shards, names) for k in tensors}}
+    index = {
+        "metadata": {"total_size": sum(v.numel() * 2 for v in weights.values())},
+        "weight_map": {k: name for tensors, name in zip(shards, names) for k in tensors},
+    }
     (parts[0] / "minilm" / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     (parts[0] / "minilm" / CONFIG).write_text(json.dumps(pretrained.config, indent=2) + "\n")
     pretrained.tokenizer.save(str(parts[0] / "minilm" / TOKENIZER))
@@ -80,7 +82,10 @@ def main() -> None:
     parts = [args.out / "part1", args.out / "part2"]
     (parts[0] / "ag_news").mkdir(parents=True)
     for split in ("train", "test"):
-        with open(args.data / f"{split}.csv", "rb") as src, lzma.open(parts[0] / "ag_news" / f"{split}.csv.xz", "wb") as dst:
+        with (
+            open(args.data / f"{split}.csv", "rb") as src,
+            lzma.open(parts[0] / "ag_news" / f"{split}.csv.xz", "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
     # What part 1 holds besides its shard: the data and the small files.
     room = PART_LIMIT - folder_bytes(parts[0]) - 2 * 2**20

@@ -20,6 +20,7 @@ whose weights fit the bundled-checkpoint budget. Written to OUT (8 files at most
 
 --dry-run trains each run for one epoch on a few rows and tests on a few rows (CPU is enough).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,8 @@ RUNS = {
 # and earlier sweeps of the 6-layer seed preset ran at ~30 ms a step per concurrent run. Three
 # runs of 3 epochs x 1,357 steps (batch 32) then fit the time limit, a fourth would not.
 DEFAULT_RUNS = "copy,slice,slice_top4"
-WEIGHTS_BUDGET = 50_000_000          # bytes of fp16 weights for the bundled checkpoint
-PART_BYTES = 15 * 2**20              # files of at most 16 MiB come back from the machine
+WEIGHTS_BUDGET = 50_000_000  # bytes of fp16 weights for the bundled checkpoint
+PART_BYTES = 15 * 2**20  # files of at most 16 MiB come back from the machine
 DRY_RUN = dict(max_train_rows=300, epochs=1, batch_size=16, test_rows=200)
 
 
@@ -65,11 +66,13 @@ def run_settings(name: str, args):
     """(model config, train config) of one run, on the `moe train --init` defaults."""
     from moe.config import preset
     from moe.train import TRAIN_PRESETS, TrainConfig
+
     cfg = dataclasses.replace(preset("small"), **model_settings(name))
     tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), lr=RUNS[name]["lr"])
     if args.dry_run:
-        tc = dataclasses.replace(tc, max_train_rows=DRY_RUN["max_train_rows"], epochs=DRY_RUN["epochs"],
-                                 batch_size=DRY_RUN["batch_size"])
+        tc = dataclasses.replace(
+            tc, max_train_rows=DRY_RUN["max_train_rows"], epochs=DRY_RUN["epochs"], batch_size=DRY_RUN["batch_size"]
+        )
     for option in ("epochs", "batch_size"):
         if getattr(args, option) is not None:
             tc = dataclasses.replace(tc, **{option: getattr(args, option)})
@@ -84,23 +87,32 @@ def cli_command(name: str, args) -> str:
     """The same run as a `moe train` command line (the CLI's --init defaults are these)."""
     spec = RUNS[name]
     options = "".join(f" --set {k}={v}" for k, v in model_settings(name).items())
-    options += "".join(f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size")
-                       if getattr(args, o) is not None)
+    options += "".join(
+        f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size") if getattr(args, o) is not None
+    )
     return f"moe train --init MINILM --upcycle {spec['upcycle']} --lr {spec['lr']:g}{options} --out {name}"
 
 
 def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
     """Test-set accuracy and expert load of a saved checkpoint (fp32), written to `out`."""
     import torch
+
     from moe.checkpoint import load_checkpoint
     from moe.data import load_split
     from moe.evaluate import evaluate
     from moe.tokenizer import load_fast_tokenizer
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, path = load_checkpoint(checkpoint)
     started = time.time()
-    result = evaluate(model.to(device), load_fast_tokenizer(path / "tokenizer.json"),
-                      load_split(data, "test").head(rows), model.cfg, 256, device)
+    result = evaluate(
+        model.to(device),
+        load_fast_tokenizer(path / "tokenizer.json"),
+        load_split(data, "test").head(rows),
+        model.cfg,
+        256,
+        device,
+    )
     result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     result["seconds"] = time.time() - started
     out.write_text(json.dumps(result, indent=1) + "\n")
@@ -109,21 +121,37 @@ def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
 
 def worker(name: str, args) -> None:
     import torch
+
     from moe.train import train
+
     torch.set_num_threads(1)
     cfg, tc = run_settings(name, args)
     spec = RUNS[name]
-    train(cfg, tc, args.work / "ag_news", args.work / name, log=lambda s: print(s, flush=True),
-          init=args.trip / "minilm", upcycle=spec["upcycle"])
-    result = test_on(args.work / name, args.work / "ag_news", args.work / f"{name}.test.json",
-                     DRY_RUN["test_rows"] if args.dry_run else None)
+    train(
+        cfg,
+        tc,
+        args.work / "ag_news",
+        args.work / name,
+        log=lambda s: print(s, flush=True),
+        init=args.trip / "minilm",
+        upcycle=spec["upcycle"],
+    )
+    result = test_on(
+        args.work / name,
+        args.work / "ag_news",
+        args.work / f"{name}.test.json",
+        DRY_RUN["test_rows"] if args.dry_run else None,
+    )
     print(f"test accuracy {result['accuracy'] * 100:.2f}% ({result['rows']} rows)", flush=True)
 
 
 def unpack_data(trip: Path, work: Path) -> None:
     (work / "ag_news").mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
-        with lzma.open(trip / "ag_news" / f"{split}.csv.xz") as src, open(work / "ag_news" / f"{split}.csv", "wb") as dst:
+        with (
+            lzma.open(trip / "ag_news" / f"{split}.csv.xz") as src,
+            open(work / "ag_news" / f"{split}.csv", "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
 
 
@@ -132,10 +160,23 @@ def launch(names: list[str], args) -> dict[str, str]:
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
     procs = {}
     for name in names:
-        command = [sys.executable, __file__, "--worker", name, "--trip", str(args.trip),
-                   "--work", str(args.work), "--out", str(args.out)]
-        command += [f"--{o.replace('_', '-')}={getattr(args, o)}" for o in ("epochs", "batch_size")
-                    if getattr(args, o) is not None]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--trip",
+            str(args.trip),
+            "--work",
+            str(args.work),
+            "--out",
+            str(args.out),
+        ]
+        command += [
+            f"--{o.replace('_', '-')}={getattr(args, o)}"
+            for o in ("epochs", "batch_size")
+            if getattr(args, o) is not None
+        ]
         command += ["--dry-run"] if args.dry_run else []
         log = open(args.work / f"{name}.log", "w")
         procs[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
@@ -164,18 +205,30 @@ def summarize(name: str, status: str, args) -> dict:
     test = json.loads(test_file.read_text()) if test_file.is_file() else {}
     weights = folder / "model.safetensors"
     return dict(
-        name=name, status=status, upcycle=RUNS[name]["upcycle"], lr=RUNS[name]["lr"],
-        model_settings=model_settings(name), command=cli_command(name, args),
-        config=metrics.get("config"), train=metrics.get("train"),
-        train_rows=metrics.get("train_rows"), val_rows=metrics.get("val_rows"),
-        epochs=[{k: e[k] for k in ("epoch", "train_loss", "train_accuracy", "balance_loss",
-                                   "val_accuracy", "seconds")} for e in metrics.get("epochs", [])],
-        best_epoch=metrics.get("best_epoch"), best_val_accuracy=metrics.get("best_val_accuracy"),
-        test_accuracy=test.get("accuracy"), test_rows=test.get("rows"),
+        name=name,
+        status=status,
+        upcycle=RUNS[name]["upcycle"],
+        lr=RUNS[name]["lr"],
+        model_settings=model_settings(name),
+        command=cli_command(name, args),
+        config=metrics.get("config"),
+        train=metrics.get("train"),
+        train_rows=metrics.get("train_rows"),
+        val_rows=metrics.get("val_rows"),
+        epochs=[
+            {k: e[k] for k in ("epoch", "train_loss", "train_accuracy", "balance_loss", "val_accuracy", "seconds")}
+            for e in metrics.get("epochs", [])
+        ],
+        best_epoch=metrics.get("best_epoch"),
+        best_val_accuracy=metrics.get("best_val_accuracy"),
+        test_accuracy=test.get("accuracy"),
+        test_rows=test.get("rows"),
         test_max_load_over_fair_share=test.get("max_load_over_fair_share"),
-        test_expert_load=test.get("expert_load"), test_confusion_matrix=test.get("confusion_matrix"),
+        test_expert_load=test.get("expert_load"),
+        test_confusion_matrix=test.get("confusion_matrix"),
         device=test.get("device"),
-        weights_bytes=weights.stat().st_size if weights.is_file() else None)
+        weights_bytes=weights.stat().st_size if weights.is_file() else None,
+    )
 
 
 def percent(x) -> str:
@@ -183,22 +236,30 @@ def percent(x) -> str:
 
 
 def markdown(summary: dict) -> str:
-    lines = [f"# Upcycling runs ({summary['device']}, {len(summary['runs'])} runs sharing it)", "",
-             "| run | method | lr | settings | status | val acc % per epoch | best val % (epoch) | "
-             "test % | max load / fair (test) | weights MB | s per epoch |",
-             "|---|---|---:|---|---|---|---:|---:|---:|---:|---|"]
+    lines = [
+        f"# Upcycling runs ({summary['device']}, {len(summary['runs'])} runs sharing it)",
+        "",
+        "| run | method | lr | settings | status | val acc % per epoch | best val % (epoch) | "
+        "test % | max load / fair (test) | weights MB | s per epoch |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|---|",
+    ]
     for r in summary["runs"]:
         vals = " / ".join(percent(e["val_accuracy"]) for e in r["epochs"])
         secs = " / ".join(f"{e['seconds']:.0f}" for e in r["epochs"])
         load = "–" if r["test_max_load_over_fair_share"] is None else f"{r['test_max_load_over_fair_share']:.2f}"
         size = "–" if r["weights_bytes"] is None else f"{r['weights_bytes'] / 1e6:.1f}"
         settings = ", ".join(f"{k} {v}" for k, v in r["model_settings"].items())
-        lines.append(f"| {r['name']} | {r['upcycle']} | {r['lr']:g} | {settings} | {r['status']} | {vals} | "
-                     f"{percent(r['best_val_accuracy'])} ({r['best_epoch']}) | {percent(r['test_accuracy'])} | "
-                     f"{load} | {size} | {secs} |")
-    lines += ["", f"Selected by validation accuracy among runs with weights ≤ {WEIGHTS_BUDGET / 1e6:.0f} MB: "
-              f"**{summary['selected'] or 'none'}**; best by validation overall: {summary['best_by_val']}.",
-              f"Wall time {summary['seconds']:.0f} s."]
+        lines.append(
+            f"| {r['name']} | {r['upcycle']} | {r['lr']:g} | {settings} | {r['status']} | {vals} | "
+            f"{percent(r['best_val_accuracy'])} ({r['best_epoch']}) | {percent(r['test_accuracy'])} | "
+            f"{load} | {size} | {secs} |"
+        )
+    lines += [
+        "",
+        f"Selected by validation accuracy among runs with weights ≤ {WEIGHTS_BUDGET / 1e6:.0f} MB: "
+        f"**{summary['selected'] or 'none'}**; best by validation overall: {summary['best_by_val']}.",
+        f"Wall time {summary['seconds']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -208,8 +269,12 @@ def pack(summary: dict, args) -> None:
     (args.out / "summary.md").write_text(markdown(summary))
     with tarfile.open(args.out / "runs.tar.xz", "w:xz") as tar:
         for r in summary["runs"]:
-            for f in (f"{r['name']}.log", f"{r['name']}.test.json", f"{r['name']}/metrics.json",
-                      f"{r['name']}/config.json"):
+            for f in (
+                f"{r['name']}.log",
+                f"{r['name']}.test.json",
+                f"{r['name']}/metrics.json",
+                f"{r['name']}/config.json",
+            ):
                 if (args.work / f).is_file():
                     tar.add(args.work / f, arcname=f)
     if summary["selected"]:
@@ -218,7 +283,7 @@ def pack(summary: dict, args) -> None:
             tar.add(args.work / summary["selected"], arcname=summary["selected"])
         data = buffer.getvalue()
         for i, start in enumerate(range(0, len(data), PART_BYTES)):
-            (args.out / f"selected.tar.part-{i:02d}").write_bytes(data[start:start + PART_BYTES])
+            (args.out / f"selected.tar.part-{i:02d}").write_bytes(data[start : start + PART_BYTES])
     files = sorted(p.name for p in args.out.iterdir())
     if len(files) > 8:
         sys.exit(f"{len(files)} files in {args.out}: only 8 come back")
@@ -247,6 +312,7 @@ def main() -> None:
         sys.exit(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
     from moe.errors import MoEError
     from moe.upcycle import read_pretrained
+
     try:
         read_pretrained(args.trip / "minilm")
     except MoEError as e:
@@ -259,12 +325,21 @@ def main() -> None:
     status = launch(names, args)
     runs = [summarize(name, status[name], args) for name in names]
     scored = [r for r in runs if r["best_val_accuracy"] is not None]
-    best = lambda rs: max(rs, key=lambda r: r["best_val_accuracy"])["name"] if rs else None
+
+    def best(rs):
+        return max(rs, key=lambda r: r["best_val_accuracy"])["name"] if rs else None
+
     import torch
-    summary = dict(device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                   dry_run=args.dry_run, runs=runs, weights_budget_bytes=WEIGHTS_BUDGET,
-                   selected=best([r for r in scored if r["weights_bytes"] <= WEIGHTS_BUDGET]),
-                   best_by_val=best(scored), seconds=time.time() - started)
+
+    summary = dict(
+        device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        dry_run=args.dry_run,
+        runs=runs,
+        weights_budget_bytes=WEIGHTS_BUDGET,
+        selected=best([r for r in scored if r["weights_bytes"] <= WEIGHTS_BUDGET]),
+        best_by_val=best(scored),
+        seconds=time.time() - started,
+    )
     pack(summary, args)
     print(markdown(summary))
 

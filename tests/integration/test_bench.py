@@ -1,15 +1,26 @@
 """`moe bench` keeps working: a few requests against the shared server, no timing assertions."""
+
 import json
 
 from bench.served import BenchOptions, Endpoint, run_bench
 
 
 def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
-    opts = BenchOptions(workflows=["v1", "v2"], concurrency=[1, 4], batch_sizes=[1, 3], requests=6, warmup=2,
-                        batched_baseline=4, checkpoint=tiny_checkpoint, data=data_dir, out=tmp_path,
-                        progress=False)
-    endpoint = Endpoint(url=server.http_url, http_url=server.http_url, metrics_url=server.metrics_url,
-                        memory=server.memory)
+    opts = BenchOptions(
+        workflows=["v1", "v2"],
+        concurrency=[1, 4],
+        batch_sizes=[1, 3],
+        requests=6,
+        warmup=2,
+        batched_baseline=4,
+        checkpoint=tiny_checkpoint,
+        data=data_dir,
+        out=tmp_path,
+        progress=False,
+    )
+    endpoint = Endpoint(
+        url=server.http_url, http_url=server.http_url, metrics_url=server.metrics_url, memory=server.memory
+    )
     result = run_bench(opts, endpoint, log=lambda *_: None, command="pytest")
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["levels"] == json.loads(json.dumps(result["levels"]))
@@ -22,8 +33,15 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
     assert three["per_request"]["texts"] == 18 and "batched" not in three
     assert one["batched"]["throughput"] > 0 and len(one["batched"]["runs"]) == 2
     assert [(lv["workflow"], lv["batch_size"], lv["concurrency"]) for lv in saved["levels"]] == [
-        ("v1", 1, 1), ("v1", 1, 4), ("v2", 1, 1), ("v2", 1, 4),
-        ("v1", 3, 1), ("v1", 3, 4), ("v2", 3, 1), ("v2", 3, 4)]
+        ("v1", 1, 1),
+        ("v1", 1, 4),
+        ("v2", 1, 1),
+        ("v2", 1, 4),
+        ("v1", 3, 1),
+        ("v1", 3, 4),
+        ("v2", 3, 1),
+        ("v2", 3, 4),
+    ]
     for level in saved["levels"]:
         assert level["errors"] == 0 and level["requests"] == 6
         assert level["texts"] == 6 * level["batch_size"]
@@ -36,8 +54,9 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
 
     v1 = saved["levels"][0]
     stages = {row["stage"]: row for row in v1["stages"]}
-    pieces = [s for s in stages if s not in ("tokenizer", "postprocessing", "orchestration")
-              and not s.startswith("moe_bls")]
+    pieces = [
+        s for s in stages if s not in ("tokenizer", "postprocessing", "orchestration") and not s.startswith("moe_bls")
+    ]
     assert "experts" in pieces and "embedding" in "+".join(pieces) and "classifier" in "+".join(pieces)
     for piece in pieces:
         assert stages[piece]["triton_compute_ms"] > 0 and stages[piece]["bls_wall_ms"] > 0, piece
@@ -49,7 +68,7 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
     assert memory["python_stubs"] == 3 and memory["rss_mb"] > memory["tritonserver_rss_mb"] > 0
     ratios = saved["ratios"]
     assert ratios["v1_vs_v2_p50_c1"] > 0 and ratios["errors"] == 0 and ratios["python_stubs"] == 3
-    assert ratios["cold_start_s"] is None       # the bench did not start this server
+    assert ratios["cold_start_s"] is None  # the bench did not start this server
     assert {t["key"] for t in saved["targets"]} >= {"v1_vs_v2_p50_c1", "server_rss_gb", "cold_start_s"}
     assert "| v1 | 1 | 1 |" in (tmp_path / "bench.md").read_text()
 
@@ -59,9 +78,15 @@ def test_gpu_moe_layer_benchmark_smoke_on_cpu(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     root = Path(__file__).resolve().parents[2]
-    result = subprocess.run([sys.executable, str(root / "bench" / "moe_layer_gpu.py"), "--smoke",
-                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
+    result = subprocess.run(
+        [sys.executable, str(root / "bench" / "moe_layer_gpu.py"), "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [l for l in result.stdout.splitlines() if l.startswith("| smoke-")]
     assert rows and all(l.rstrip().endswith("| yes |") for l in rows), rows

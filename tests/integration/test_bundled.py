@@ -1,5 +1,6 @@
 """The shipped checkpoint: its model card's test accuracy reproduces on this CPU, experts are
 balanced, and it fits the shipping budget."""
+
 import json
 import re
 

@@ -1,4 +1,5 @@
 """moe_client (sync and async, HTTP and gRPC) and `moe classify` against a real tritonserver."""
+
 import asyncio
 import csv
 import json
@@ -11,8 +12,17 @@ import time
 
 import pytest
 
-from moe_client import (AccessDenied, AsyncMoEClient, InvalidInput, ModelNotReady, MoEClient, MoEClientError,
-                        Prediction, RequestTimeout, ServerUnreachable)
+from moe_client import (
+    AccessDenied,
+    AsyncMoEClient,
+    InvalidInput,
+    ModelNotReady,
+    MoEClient,
+    MoEClientError,
+    Prediction,
+    RequestTimeout,
+    ServerUnreachable,
+)
 
 from ..conftest import ADMIN_KEY, ROOT, free_ports, run_cli, start_server
 
@@ -39,6 +49,7 @@ def checkpoint_config(tiny_checkpoint):
 @pytest.fixture(scope="module")
 def max_batch_size(server):
     import tritonclient.http as http
+
     config = http.InferenceServerClient(server.http_url).get_model_config("moe_v2")
     return config["max_batch_size"]
 
@@ -49,9 +60,11 @@ def run(coro):
 
 def async_classify(url, protocol, *args, client_options=None, **kwargs):
     """One AsyncMoEClient.classify call in its own event loop, closing the client after."""
+
     async def main():
         async with AsyncMoEClient(url, protocol=protocol, **(client_options or {})) as client:
             return await client.classify(*args, **kwargs)
+
     return asyncio.run(main())
 
 
@@ -75,10 +88,10 @@ def check_prediction(p: Prediction, text: str, labels: list[str]):
 
 # --- answers ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_single_text_and_a_batch_larger_than_max_batch_size(server, protocol, texts,
-                                                            checkpoint_config, max_batch_size):
-    assert len(texts) > max_batch_size     # one request with all of them would be refused
+def test_single_text_and_a_batch_larger_than_max_batch_size(server, protocol, texts, checkpoint_config, max_batch_size):
+    assert len(texts) > max_batch_size  # one request with all of them would be refused
     labels = checkpoint_config["labels"]
     with MoEClient(url_of(server, protocol), protocol=protocol) as client:
         one = client.classify(texts[66])
@@ -88,7 +101,7 @@ def test_single_text_and_a_batch_larger_than_max_batch_size(server, protocol, te
     assert isinstance(many, list) and len(many) == len(texts)
     for p, t in zip(many, texts):
         check_prediction(p, t, labels)
-    assert_same([many[66]], [one])         # results come back in the order of the texts
+    assert_same([many[66]], [one])  # results come back in the order of the texts
     assert len({p.label for p in many}) > 1
 
 
@@ -102,8 +115,8 @@ def test_async_client_matches_the_sync_one(server, protocol, texts):
         async with AsyncMoEClient(url, protocol=protocol) as client:
             assert await client.ready()
             # Many concurrent requests from one loop: the long list plus single texts.
-            return await asyncio.gather(client.classify(texts),
-                                        *(client.classify(t) for t in texts[:10]))
+            return await asyncio.gather(client.classify(texts), *(client.classify(t) for t in texts[:10]))
+
     many, *singles = run(main())
     assert_same(many, expected)
     assert_same(singles, expected[:10])
@@ -120,21 +133,20 @@ def test_v1_and_v2_agree(server, texts):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_routing_counts_top_k_tokens_per_layer(server, protocol, texts, tiny_checkpoint,
-                                               checkpoint_config):
+def test_routing_counts_top_k_tokens_per_layer(server, protocol, texts, tiny_checkpoint, checkpoint_config):
     from moe.tokenizer import encode, load_fast_tokenizer
+
     tokenizer = load_fast_tokenizer(tiny_checkpoint / "tokenizer.json")
     cfg = checkpoint_config
-    sample = ["Hi", *texts]                # lengths from 2 tokens to truncated at max_len
+    sample = ["Hi", *texts]  # lengths from 2 tokens to truncated at max_len
     with MoEClient(url_of(server, protocol), protocol=protocol, workflow="v1") as client:
         routed = client.classify(sample, return_routing=True)
         plain = client.classify(sample)
         single = client.classify(texts[3], return_routing=True)
 
-    in_async = async_classify(url_of(server, protocol), protocol, texts[3], workflow="v1",
-                              return_routing=True)
+    in_async = async_classify(url_of(server, protocol), protocol, texts[3], workflow="v1", return_routing=True)
     assert single.expert_tokens == in_async.expert_tokens
-    assert_same(routed, plain)             # asking for routing changes no answer
+    assert_same(routed, plain)  # asking for routing changes no answer
     assert plain[0].expert_tokens is None
     lengths = set()
     for p in [*routed, single]:
@@ -162,7 +174,7 @@ def test_ready_and_models(server, protocol):
     with MoEClient(url, protocol=protocol) as client:
         assert client.ready() and client.ready("v1")
         assert not client.ready("v9")
-        with pytest.raises(AccessDenied, match="moe-admin-key"):   # the index is for admins
+        with pytest.raises(AccessDenied, match="moe-admin-key"):  # the index is for admins
             client.models()
     with MoEClient(url, protocol=protocol, admin_key=ADMIN_KEY) as client:
         models = {m.name: m for m in client.models()}
@@ -172,11 +184,13 @@ def test_ready_and_models(server, protocol):
     async def main():
         async with AsyncMoEClient(url, protocol=protocol, admin_key=ADMIN_KEY) as client:
             return await client.ready("v9"), await client.models()
+
     ready, async_models = run(main())
     assert not ready and {m.name for m in async_models} == set(models)
 
 
 # --- errors in their real situations ---------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def stopped_server(tiny_repository):
@@ -209,7 +223,7 @@ def test_stopped_server_is_unreachable(stopped_server, protocol):
 def forward_later(target: str, delay: float) -> str:
     """A loopback port that refuses connections for `delay` seconds, then forwards them to
     `target`: a server that comes back while the client retries."""
-    port, = free_ports(1)
+    (port,) = free_ports(1)
     host, target_port = target.rsplit(":", 1)
 
     def pipe(a, b):
@@ -233,6 +247,7 @@ def forward_later(target: str, delay: float) -> str:
             upstream = socket.create_connection((host, int(target_port)))
             for a, b in ((conn, upstream), (upstream, conn)):
                 threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
     threading.Thread(target=serve, daemon=True).start()
     return f"127.0.0.1:{port}"
 
@@ -266,7 +281,7 @@ def test_invalid_input_carries_the_servers_message(server, protocol, texts, max_
             client.classify("lone surrogate \udcff")
         # In the second chunk the server counts from that chunk's first text.
         with pytest.raises(InvalidInput) as e:
-            client.classify([*texts[:max_batch_size + 1], ""], workflow="v1")
+            client.classify([*texts[: max_batch_size + 1], ""], workflow="v1")
         assert "TEXT[1] is empty" in e.value.server_message
         assert f"texts[{max_batch_size} + i]" in str(e.value)
     with pytest.raises(InvalidInput, match=r"TEXT\[0\] is empty"):
@@ -275,7 +290,7 @@ def test_invalid_input_carries_the_servers_message(server, protocol, texts, max_
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_server_that_does_not_answer_times_out(protocol):
-    listener = socket.create_server(("127.0.0.1", 0))   # accepts, never answers
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
     url = f"127.0.0.1:{listener.getsockname()[1]}"
     try:
         started = time.monotonic()
@@ -290,6 +305,7 @@ def test_a_server_that_does_not_answer_times_out(protocol):
 
 # --- moe classify ----------------------------------------------------------------------------
 
+
 def test_classify_cli(server, tmp_path, texts):
     result = run_cli("classify", "--json", "--url", server.http_url, texts[0], texts[1], timeout=60)
     assert result.returncode == 0, result.stderr
@@ -301,11 +317,23 @@ def test_classify_cli(server, tmp_path, texts):
     assert all(r["expert_tokens"] is None and len(r["probabilities"]) == 4 for r in rows)
 
     (tmp_path / "texts.txt").write_text(f"{texts[2]}\n\n{texts[3]}\n", encoding="utf-8")
-    result = run_cli("classify", "--file", tmp_path / "texts.txt", "--protocol", "grpc",
-                     "--url", server.grpc_url, "--workflow", "v1", "--routing", "--json", timeout=60)
+    result = run_cli(
+        "classify",
+        "--file",
+        tmp_path / "texts.txt",
+        "--protocol",
+        "grpc",
+        "--url",
+        server.grpc_url,
+        "--workflow",
+        "v1",
+        "--routing",
+        "--json",
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["text"] for r in rows] == texts[2:4]       # the blank line is skipped
+    assert [r["text"] for r in rows] == texts[2:4]  # the blank line is skipped
     assert all(len(r["expert_tokens"]) == 2 for r in rows)
 
     result = run_cli("classify", "--url", server.http_url, "Stocks rallied", timeout=60)
@@ -314,14 +342,17 @@ def test_classify_cli(server, tmp_path, texts):
     assert header.split() == ["TEXT", "LABEL", "CONFIDENCE"] and row.startswith("Stocks rallied")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["   "], "TEXT[0] is empty or whitespace only"),
-    (["--workflow", "v1", "--url", "127.0.0.1:{port}", "hi"], "cannot reach http server"),
-    (["hi", "--routing"], "--routing needs --workflow v1"),
-    ([], "nothing to classify"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["   "], "TEXT[0] is empty or whitespace only"),
+        (["--workflow", "v1", "--url", "127.0.0.1:{port}", "hi"], "cannot reach http server"),
+        (["hi", "--routing"], "--routing needs --workflow v1"),
+        ([], "nothing to classify"),
+    ],
+)
 def test_classify_cli_errors_are_one_line(server, args, needle):
-    port, = free_ports(1)
+    (port,) = free_ports(1)
     url = ["--url", server.http_url] if "--url" not in args else []
     result = run_cli("classify", *url, *(a.format(port=port) for a in args), timeout=60)
     assert result.returncode == 2, (result.stdout, result.stderr)
@@ -331,12 +362,22 @@ def test_classify_cli_errors_are_one_line(server, args, needle):
 
 # --- the client on its own -------------------------------------------------------------------
 
+
 def test_client_installs_and_answers_without_torch(server, tmp_path):
     """`pip install ./client` into a fresh venv: no torch there, and it answers the server."""
     result = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "check_client_install.sh"), server.http_url,
-         server.grpc_url, str(tmp_path / "venv")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+        [
+            "bash",
+            str(ROOT / "scripts" / "check_client_install.sh"),
+            server.http_url,
+            server.grpc_url,
+            str(tmp_path / "venv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "ok: torch is not installed" in result.stdout
     assert "over http, grpc and async" in result.stdout

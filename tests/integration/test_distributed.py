@@ -1,4 +1,5 @@
 """Experts on other Triton servers: one front server, two expert servers of four experts each."""
+
 import time
 
 import numpy as np
@@ -7,19 +8,30 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from moe.errors import MoEError
-from serving.server import ServerOptions, TritonServer, parse_expert_range
+from serving.server import ServerOptions, TritonServer
 
 from ..conftest import free_ports, start_server
 from .test_serving import classify
 
-TEXTS = ["Stocks tumble as oil hits a record", "Yankees beat the Red Sox in extra innings",
-         "New chip doubles battery life of laptops", "Rebels and army clash near the capital"]
+TEXTS = [
+    "Stocks tumble as oil hits a record",
+    "Yankees beat the Red Sox in extra innings",
+    "New chip doubles battery life of laptops",
+    "Rebels and army clash near the capital",
+]
 
 
 def expert_server(repository, experts, ports=None):
     http_port, grpc_port, metrics_port = ports or free_ports(3)
-    server = TritonServer(ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port,
-                                        metrics_port=metrics_port, models=[f"expert_{e}" for e in experts]))
+    server = TritonServer(
+        ServerOptions(
+            repository=repository,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            models=[f"expert_{e}" for e in experts],
+        )
+    )
     return server.start(timeout=240)
 
 
@@ -59,9 +71,13 @@ def test_v1_over_remote_experts_equals_v2(cluster):
     np.testing.assert_allclose(v1["PROBS"], v2["PROBS"], atol=1e-4, rtol=0)
     # Both expert servers did work: their experts received the routed tokens.
     remote = {name: grpcclient.InferenceServerClient(cluster[name].grpc_url) for name in ("first", "second")}
-    executions = {name: sum(c.get_inference_statistics(f"expert_{e}").model_stats[0].execution_count
-                            for e in (range(4) if name == "first" else range(4, 8)))
-                  for name, c in remote.items()}
+    executions = {
+        name: sum(
+            c.get_inference_statistics(f"expert_{e}").model_stats[0].execution_count
+            for e in (range(4) if name == "first" else range(4, 8))
+        )
+        for name, c in remote.items()
+    }
     assert executions["first"] > 0 and executions["second"] > 0
 
 
@@ -71,7 +87,7 @@ def test_a_stopped_expert_server_fails_v1_fast_and_v1_recovers(cluster, tiny_rep
     ports = (second.opts.http_port, second.opts.grpc_port, second.opts.metrics_port)
     second.stop()
     second.cleanup()
-    texts = TEXTS * 4          # enough tokens that experts 4-7 are busy
+    texts = TEXTS * 4  # enough tokens that experts 4-7 are busy
     started = time.monotonic()
     with pytest.raises(InferenceServerException) as info:
         classify(client, "moe_v1", texts, module=grpcclient)

@@ -1,13 +1,15 @@
 """The repository the containers serve: NVIDIA's libtorch backend for every TorchScript piece,
 experts spread over GPUs."""
+
 from export.repository import ExportOptions, export_repository
 
 TORCHSCRIPT = ["embedding", "attention", "gating", "classifier", "full_model"] + [f"expert_{e}" for e in range(8)]
 
 
 def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
-    out = export_repository(tiny_checkpoint, tmp_path / "container", ExportOptions(),
-                            progress=False, log=lambda *_: None)
+    out = export_repository(
+        tiny_checkpoint, tmp_path / "container", ExportOptions(), progress=False, log=lambda *_: None
+    )
     for name in TORCHSCRIPT:
         config = (out / "model_repository" / name / "config.pbtxt").read_text()
         assert 'backend: "pytorch"' in config, name
@@ -17,8 +19,9 @@ def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
 
 
 def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
-    out = export_repository(tiny_checkpoint, tmp_path / "gpu", ExportOptions(device="cuda", gpus=3),
-                            progress=False, log=lambda *_: None)
+    out = export_repository(
+        tiny_checkpoint, tmp_path / "gpu", ExportOptions(device="cuda", gpus=3), progress=False, log=lambda *_: None
+    )
     for e in range(8):
         config = (out / "model_repository" / f"expert_{e}" / "config.pbtxt").read_text()
         assert f"kind: KIND_GPU gpus: [ {e % 3} ]" in config, config
@@ -27,6 +30,11 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
     assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     for name in ("tokenizer", "postprocessing"):
         assert "KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text()
-    on_cpu = export_repository(tiny_checkpoint, tmp_path / "gpu-bls-cpu", ExportOptions(device="cuda", bls_device="cpu"),
-                               progress=False, log=lambda *_: None)
+    on_cpu = export_repository(
+        tiny_checkpoint,
+        tmp_path / "gpu-bls-cpu",
+        ExportOptions(device="cuda", bls_device="cpu"),
+        progress=False,
+        log=lambda *_: None,
+    )
     assert "KIND_CPU" in (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()

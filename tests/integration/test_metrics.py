@@ -1,4 +1,5 @@
 """The BLS's Prometheus metrics on Triton's metrics endpoint: routed tokens and stage times."""
+
 import re
 import time
 import urllib.request
@@ -8,7 +9,7 @@ import tritonclient.http as httpclient
 
 from .test_serving import classify
 
-SAMPLE = re.compile(r'^(\w+)(?:\{([^}]*)\})?\s+([0-9.e+-]+)$')
+SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})?\s+([0-9.e+-]+)$")
 
 
 def scrape(server) -> dict:
@@ -18,8 +19,13 @@ def scrape(server) -> dict:
     for line in text.splitlines():
         m = SAMPLE.match(line)
         if m and m.group(1).startswith("moe_"):
-            labels = tuple(sorted(kv.split("=", 1)[0] + "=" + kv.split("=", 1)[1].strip('"')
-                                  for kv in (m.group(2) or "").split(",") if kv))
+            labels = tuple(
+                sorted(
+                    kv.split("=", 1)[0] + "=" + kv.split("=", 1)[1].strip('"')
+                    for kv in (m.group(2) or "").split(",")
+                    if kv
+                )
+            )
             samples[(m.group(1), labels)] = float(m.group(3))
     return samples
 
@@ -35,8 +41,12 @@ def tokens_by_layer_expert(samples, n_layers, n_experts) -> np.ndarray:
 
 def test_routing_metrics_equal_expert_tokens(server):
     client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
-    texts = ["Oil prices rise", "The Yankees win again at home", "Intel unveils a new chip for laptops",
-             "Peace talks resume in the Middle East as leaders meet"] * 3
+    texts = [
+        "Oil prices rise",
+        "The Yankees win again at home",
+        "Intel unveils a new chip for laptops",
+        "Peace talks resume in the Middle East as leaders meet",
+    ] * 3
     before = scrape(server)
     out = classify(client, "moe_v1", texts, routing=True)["EXPERT_TOKENS"]
     L, E = out.shape[1:]
@@ -52,10 +62,12 @@ def test_routing_metrics_equal_expert_tokens(server):
     assert routed.sum() > 0
     key = ("moe_bls_batches_total", ())
     assert after.get(key, 0) - before.get(key, 0) >= 1
-    stages = {dict(l.split("=") for l in labels)["stage"]: after[(n, labels)] - before.get((n, labels), 0)
-              for (n, labels) in after if n == "moe_bls_stage_duration_us"}
-    assert set(stages) == {"embedding+attention+gating", "attention+gating", "experts", "classifier",
-                           "orchestration"}
+    stages = {
+        dict(l.split("=") for l in labels)["stage"]: after[(n, labels)] - before.get((n, labels), 0)
+        for (n, labels) in after
+        if n == "moe_bls_stage_duration_us"
+    }
+    assert set(stages) == {"embedding+attention+gating", "attention+gating", "experts", "classifier", "orchestration"}
     assert all(v > 0 for k, v in stages.items() if k != "orchestration"), stages
     client.close()
 

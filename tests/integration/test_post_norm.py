@@ -3,6 +3,7 @@
 Each LayerNorm of the post-norm block lands in exactly one Triton piece (the attention piece
 opens with the previous layer's second norm, the classifier with the last one), so the BLS
 still only gathers and adds; this checks it through a real tritonserver."""
+
 import numpy as np
 import pytest
 import torch
@@ -38,13 +39,14 @@ def test_post_norm_v1_v2_and_eager_agree(post_norm_checkpoint, tmp_path, data_di
     server = start_server(repository)
     try:
         from moe.checkpoint import load_checkpoint
+
         model, path = load_checkpoint(post_norm_checkpoint)
         assert model.cfg.norm_position == "post"
         tokenizer = load_fast_tokenizer(path / "tokenizer.json")
         client = httpclient.InferenceServerClient(server.http_url, network_timeout=120)
         texts = load_split(data_dir, "test").texts[:256]
         for start in range(0, len(texts), 64):
-            batch = texts[start:start + 64]
+            batch = texts[start : start + 64]
             ids, mask = encode(tokenizer, batch, model.cfg.max_len)
             with torch.no_grad():
                 expected = torch.softmax(model(ids, mask), -1).numpy()

@@ -1,4 +1,5 @@
 """Under load, overload, faults and hostile input, and with secure defaults."""
+
 import asyncio
 import concurrent.futures
 import json
@@ -16,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from export.repository import ExportOptions, export_repository
-from moe.data import load_split
 from bench.baseline import eager_labels
 from bench.load import closed_loop, mixed_plan
+from export.repository import ExportOptions, export_repository
+from moe.data import load_split
 from moe_client import AsyncMoEClient
 
 from ..conftest import ADMIN_KEY, start_server
@@ -55,6 +56,7 @@ def test_load_mixed_workflows_every_answer_checked(server, tiny_checkpoint, data
 
 # --- faults --------------------------------------------------------------------------------
 
+
 @pytest.fixture()
 def own_server(tiny_repository):
     s = start_server(tiny_repository)
@@ -67,7 +69,7 @@ def own_server(tiny_repository):
 # the BLS (v1 only) and the tokenizer (both workflows).
 @pytest.mark.parametrize("victim", ["moe_bls", "tokenizer"])
 def test_a_killed_stub_fails_fast_then_recovers(own_server, victim):
-    client = grpcclient.InferenceServerClient(own_server.grpc_url)   # thread-safe, unlike HTTP's
+    client = grpcclient.InferenceServerClient(own_server.grpc_url)  # thread-safe, unlike HTTP's
     expected = classify(client, "moe_v1", PROBE, module=grpcclient)["PROBS"]
     texts = PROBE * 8
 
@@ -106,9 +108,15 @@ def test_a_killed_stub_fails_fast_then_recovers(own_server, victim):
 
 # --- overload --------------------------------------------------------------------------------
 
+
 def test_overload_is_rejected_fast_and_clearly(tiny_checkpoint, tmp_path):
-    repo = export_repository(tiny_checkpoint, tmp_path / "small_queues", progress=False, log=lambda *_: None,
-                             opts=ExportOptions(max_queue_size=2))
+    repo = export_repository(
+        tiny_checkpoint,
+        tmp_path / "small_queues",
+        progress=False,
+        log=lambda *_: None,
+        opts=ExportOptions(max_queue_size=2),
+    )
     server = start_server(repo)
     try:
         client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -153,9 +161,11 @@ def test_overload_is_rejected_fast_and_clearly(tiny_checkpoint, tmp_path):
 hostile_text = st.one_of(
     st.text(max_size=300),
     st.text(alphabet=st.characters(codec="utf-8", categories=["Cc", "Cf", "Zs", "So", "Lo"]), max_size=200),
-    st.binary(max_size=300),                      # mostly invalid UTF-8
+    st.binary(max_size=300),  # mostly invalid UTF-8
     st.builds(lambda s, n: s * n, st.text(min_size=1, max_size=8), st.integers(1, 150_000)),
-    st.just("\x00" * 1000), st.just("a\x00b"), st.just(""),
+    st.just("\x00" * 1000),
+    st.just("a\x00b"),
+    st.just(""),
 )
 
 
@@ -204,6 +214,7 @@ def test_server_answers_correctly_after_the_fuzzing(server, http, tiny_checkpoin
 
 # --- security defaults -----------------------------------------------------------------------
 
+
 def listening_addresses(port: int) -> set:
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -224,8 +235,9 @@ def test_binds_loopback_only(server):
 
 
 def http_status(url, method="GET", headers=None, body=None):
-    request = urllib.request.Request(url, method=method, headers=headers or {},
-                                     data=json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(
+        url, method=method, headers=headers or {}, data=json.dumps(body).encode() if body is not None else None
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as r:
             return r.status
@@ -235,16 +247,20 @@ def http_status(url, method="GET", headers=None, body=None):
 
 def test_operator_apis_closed_without_the_admin_header(server):
     base = f"http://{server.http_url}"
-    closed = [("POST", "/v2/repository/index", {}), ("POST", "/v2/repository/models/moe_v1/unload", {}),
-              ("GET", "/v2/logging", None), ("POST", "/v2/logging", {"log_verbose_level": 1}),
-              ("GET", "/v2/trace/setting", None),
-              ("POST", "/v2/systemsharedmemory/region/x/register", {"key": "/x", "offset": 0, "byte_size": 8})]
+    closed = [
+        ("POST", "/v2/repository/index", {}),
+        ("POST", "/v2/repository/models/moe_v1/unload", {}),
+        ("GET", "/v2/logging", None),
+        ("POST", "/v2/logging", {"log_verbose_level": 1}),
+        ("GET", "/v2/trace/setting", None),
+        ("POST", "/v2/systemsharedmemory/region/x/register", {"key": "/x", "offset": 0, "byte_size": 8}),
+    ]
     for method, path, body in closed:
         assert http_status(base + path, method, body=body) == 403, path
     admin = {"moe-admin-key": ADMIN_KEY}
     assert http_status(base + "/v2/repository/index", "POST", admin, {}) == 200
     assert http_status(base + "/v2/logging", "GET", admin) == 200
-    assert http_status(base + "/v2/models/moe_v2/ready") == 200        # inference stays open
+    assert http_status(base + "/v2/models/moe_v2/ready") == 200  # inference stays open
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
     with pytest.raises(InferenceServerException):
         grpc.get_model_repository_index()

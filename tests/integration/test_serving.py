@@ -1,5 +1,6 @@
 """The Triton model repository served by a real tritonserver: v1 == v2 == eager, sparse
 expert calls, bad input, the repository index, export checks and server start-up errors."""
+
 import json
 import shutil
 import urllib.error
@@ -20,9 +21,21 @@ from moe.tokenizer import encode, load_fast_tokenizer
 
 from ..conftest import ADMIN_KEY, start_server
 
-MODELS = ["tokenizer", "embedding", "attention", "gating", *[f"expert_{e}" for e in range(8)],
-          "classifier", "attention_gating", "embedding_attention_gating", "moe_bls", "full_model",
-          "postprocessing", "moe_v1", "moe_v2"]
+MODELS = [
+    "tokenizer",
+    "embedding",
+    "attention",
+    "gating",
+    *[f"expert_{e}" for e in range(8)],
+    "classifier",
+    "attention_gating",
+    "embedding_attention_gating",
+    "moe_bls",
+    "full_model",
+    "postprocessing",
+    "moe_v1",
+    "moe_v2",
+]
 
 
 def text_input(texts, module=httpclient):
@@ -33,9 +46,12 @@ def text_input(texts, module=httpclient):
 
 def classify(client, model, texts, routing=False, module=httpclient):
     names = ["LABEL", "LABEL_ID", "PROBS"] + (["EXPERT_TOKENS"] if routing else [])
-    result = client.infer(model, [text_input(texts, module)],
-                          outputs=[module.InferRequestedOutput(n) for n in names],
-                          parameters={"expert_tokens": True} if routing else None)
+    result = client.infer(
+        model,
+        [text_input(texts, module)],
+        outputs=[module.InferRequestedOutput(n) for n in names],
+        parameters={"expert_tokens": True} if routing else None,
+    )
     return {n: result.as_numpy(n) for n in names}
 
 
@@ -63,7 +79,7 @@ def test_v1_v2_and_eager_agree_on_1000_test_texts(server, http, eager, data_dir)
     texts = load_split(data_dir, "test").texts[:1000]
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
     for start in range(0, len(texts), 64):
-        batch = texts[start:start + 64]
+        batch = texts[start : start + 64]
         v1 = classify(http, "moe_v1", batch)
         v2 = classify(grpc, "moe_v2", batch, module=grpcclient)
         expected, _ = eager_probs(eager, batch)
@@ -78,8 +94,7 @@ def test_v1_v2_and_eager_agree_on_1000_test_texts(server, http, eager, data_dir)
 
 
 def expert_executions(http):
-    return {e: http.get_inference_statistics(f"expert_{e}")["model_stats"][0]["execution_count"]
-            for e in range(8)}
+    return {e: http.get_inference_statistics(f"expert_{e}")["model_stats"][0]["execution_count"] for e in range(8)}
 
 
 def test_expert_tokens_count_every_routed_token(http, eager, data_dir):
@@ -121,16 +136,16 @@ def assert_rejected(fn, *needles):
 def test_bad_input_gets_clear_errors_and_server_keeps_serving(http, server):
     good = classify(http, "moe_v2", ["Stocks rally as oil prices fall"])
     for model in ("moe_v1", "moe_v2"):
-        assert_rejected(lambda: classify(http, model, [""]), "TEXT[0]", "empty")
-        assert_rejected(lambda: classify(http, model, ["ok text", "   \n\t "]), "TEXT[1]", "whitespace")
-        assert_rejected(lambda: classify(http, model, [b"caf\xe9 \xff"]), "TEXT[0]", "UTF-8")
+        assert_rejected(lambda model=model: classify(http, model, [""]), "TEXT[0]", "empty")
+        assert_rejected(lambda model=model: classify(http, model, ["ok text", "   \n\t "]), "TEXT[1]", "whitespace")
+        assert_rejected(lambda model=model: classify(http, model, [b"caf\xe9 \xff"]), "TEXT[0]", "UTF-8")
         wrong_type = httpclient.InferInput("TEXT", [1, 1], "INT32")
         wrong_type.set_data_from_numpy(np.array([[7]], dtype=np.int32))
-        assert_rejected(lambda: http.infer(model, [wrong_type]), "data-type", "TEXT")
+        assert_rejected(lambda model=model, wrong_type=wrong_type: http.infer(model, [wrong_type]), "data-type", "TEXT")
         wrong_shape = httpclient.InferInput("TEXT", [1, 2], "BYTES")
         wrong_shape.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=object))
-        assert_rejected(lambda: http.infer(model, [wrong_shape]), "shape")
-        assert_rejected(lambda: classify(http, model, ["text"] * 65), "batch", "64")
+        assert_rejected(lambda model=model, wrong_shape=wrong_shape: http.infer(model, [wrong_shape]), "shape")
+        assert_rejected(lambda model=model: classify(http, model, ["text"] * 65), "batch", "64")
         huge = ("Oil prices climb as markets fall. " * 3100)[:100_000]
         assert classify(http, model, [huge])["LABEL"].shape == (1, 1)
     again = classify(http, "moe_v2", ["Stocks rally as oil prices fall"])
@@ -141,8 +156,7 @@ def test_bad_input_gets_clear_errors_and_server_keeps_serving(http, server):
 def test_repository_index_lists_every_model_ready(http):
     # The repository API is an operator API: closed without the admin header.
     assert_rejected(lambda: http.get_model_repository_index(), "restricted")
-    index = {m["name"]: m.get("state") for m in
-             http.get_model_repository_index(headers={"moe-admin-key": ADMIN_KEY})}
+    index = {m["name"]: m.get("state") for m in http.get_model_repository_index(headers={"moe-admin-key": ADMIN_KEY})}
     for name in MODELS:
         assert index.get(name) == "READY", (name, index.get(name))
         assert http.is_model_ready(name)
@@ -150,11 +164,22 @@ def test_repository_index_lists_every_model_ready(http):
 
 def test_kserve_json_over_http(server):
     """The README's curl example, as JSON (no binary tensors)."""
-    body = {"inputs": [{"name": "TEXT", "shape": [1, 1], "datatype": "BYTES",
-                        "data": ["NASA launches a new probe to study the Sun"]}]}
-    request = urllib.request.Request(f"http://{server.http_url}/v2/models/moe_v2/infer",
-                                     data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    body = {
+        "inputs": [
+            {
+                "name": "TEXT",
+                "shape": [1, 1],
+                "datatype": "BYTES",
+                "data": ["NASA launches a new probe to study the Sun"],
+            }
+        ]
+    }
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/models/moe_v2/infer",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=30) as r:
         outputs = {o["name"]: o for o in json.load(r)["outputs"]}
     assert outputs["LABEL"]["data"][0] in ("World", "Sports", "Business", "Sci/Tech")
@@ -169,9 +194,10 @@ def test_export_is_idempotent(tiny_checkpoint, tiny_repository, tmp_path):
     out = tmp_path / "again"
     for _ in range(2):
         export_repository(tiny_checkpoint, out, progress=False, log=lambda *_: None)
-    def listing(root):   # the Python backend stub leaves __pycache__ next to served models
-        return sorted(p.relative_to(root) for p in root.rglob("*")
-                      if p.is_file() and "__pycache__" not in p.parts)
+
+    def listing(root):  # the Python backend stub leaves __pycache__ next to served models
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
     files = listing(out)
     assert files == listing(tiny_repository)
     for f in files:
@@ -191,11 +217,22 @@ def test_server_reports_a_model_that_fails_to_load(tiny_repository, tmp_path):
 
 def test_moe_serve_exits_with_the_servers_error(tiny_repository, tmp_path):
     from ..conftest import free_ports, run_cli
+
     broken = tmp_path / "broken"
     shutil.copytree(tiny_repository, broken)
     (broken / "model_repository" / "tokenizer" / "1" / "tokenizer.json").write_text("{not json")
     http_port, grpc_port, metrics_port = free_ports(3)
-    result = run_cli("serve", "--repository", broken, "--http-port", http_port, "--grpc-port", grpc_port,
-                     "--metrics-port", metrics_port, timeout=300)
+    result = run_cli(
+        "serve",
+        "--repository",
+        broken,
+        "--http-port",
+        http_port,
+        "--grpc-port",
+        grpc_port,
+        "--metrics-port",
+        metrics_port,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "tokenizer" in result.stderr and "Traceback" not in result.stderr.split("error:")[0]

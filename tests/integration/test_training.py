@@ -1,4 +1,5 @@
 """Training, `moe train` / `moe eval` end to end, and one-line errors about trained checkpoints."""
+
 import json
 import shutil
 
@@ -13,8 +14,7 @@ from ..unit.test_upcycle import VOCAB, save_tiny_bert
 
 def test_train_then_eval_cli(tmp_path, data_dir):
     out = tmp_path / "ck"
-    r = run_cli("train", "--preset", "tiny", "--data", data_dir, "--out", out, "--epochs", 1,
-                "--max-train-rows", 1500)
+    r = run_cli("train", "--preset", "tiny", "--data", data_dir, "--out", out, "--epochs", 1, "--max-train-rows", 1500)
     assert r.returncode == 0, r.stderr
     assert "val acc" in r.stdout
     for f in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json"):
@@ -53,6 +53,7 @@ def test_export_refuses_corrupt_weights(tmp_path, tiny_checkpoint):
 
 def test_tiny_trains_and_loss_falls(data_dir, tmp_path):
     from moe.train import TrainConfig, train
+
     tc = TrainConfig(epochs=3, lr=3e-3, batch_size=32, label_smoothing=0.0, max_train_rows=600)
     history = train(preset("tiny"), tc, data_dir, tmp_path / "ck", log=lambda *_: None)
     losses = [e["train_loss"] for e in history["epochs"]]
@@ -65,10 +66,26 @@ def test_tiny_trains_and_loss_falls(data_dir, tmp_path):
 def test_train_from_a_pretrained_bert_writes_an_upcycled_checkpoint(tmp_path, data_dir):
     from moe.checkpoint import load_checkpoint
     from moe.train import TRAIN_PRESETS
+
     bert = save_tiny_bert(tmp_path / "bert")
     out = tmp_path / "ck"
-    r = run_cli("train", "--init", bert, "--upcycle", "slice", "--preset", "tiny", "--data", data_dir,
-                "--out", out, "--epochs", 1, "--max-train-rows", 200)
+    r = run_cli(
+        "train",
+        "--init",
+        bert,
+        "--upcycle",
+        "slice",
+        "--preset",
+        "tiny",
+        "--data",
+        data_dir,
+        "--out",
+        out,
+        "--epochs",
+        1,
+        "--max-train-rows",
+        200,
+    )
     assert r.returncode == 0, r.stderr
     assert "upcycled" in r.stdout and "post-norm" in r.stdout
     metrics = json.loads((out / "metrics.json").read_text())

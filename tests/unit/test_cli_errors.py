@@ -1,5 +1,7 @@
 """One-line errors of the CLI on bad input: no traceback, the problem named."""
+
 from ..conftest import run_cli
+
 
 def assert_one_line_error(result, *needles):
     assert result.returncode != 0

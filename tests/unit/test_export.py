@@ -1,5 +1,6 @@
 """Export without a server: the parity check refuses a drifted piece, and v2's ragged batches
 (texts of different lengths concatenated, as Triton hands them over) give the padded answer."""
+
 import pytest
 import torch
 
@@ -40,8 +41,10 @@ def test_full_model_on_a_ragged_batch_equals_the_padded_forward():
         got = full(*ragged(ids, mask))
         # Requests that arrive padded to their own length (the tokenizer pads per request).
         first, second = (ids[:3], mask[:3]), (ids[3:], mask[3:])
-        parts = [(i.reshape(-1), m.reshape(-1), torch.full((i.shape[0], 1), i.shape[1], dtype=torch.int32))
-                 for i, m in (first, second)]
+        parts = [
+            (i.reshape(-1), m.reshape(-1), torch.full((i.shape[0], 1), i.shape[1], dtype=torch.int32))
+            for i, m in (first, second)
+        ]
         joined = full(*(torch.cat(column) for column in zip(*parts)))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(joined, expected, atol=1e-5, rtol=0)

@@ -1,6 +1,7 @@
 """The layers stay layers: the model library imports nothing of export or serving, export nothing
 of serving, the benchmarks nothing of the server side, the client nothing of ours. Read from the
 source (every import statement, function-local ones included), so a hidden cycle fails here."""
+
 import ast
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def test_package_imports_only_the_layers_below(package):
 
 def test_resources_travel_inside_the_packages():
     """The folders the packages read at run time are links into them, so a wheel carries them."""
-    for link, target in (("moe/checkpoints", "checkpoints"), ("export/templates/model_repository", "model_repository"),
-                         ("export/templates/ensemble", "ensemble"), ("serving/third_party", "third_party")):
+    for link, target in (
+        ("moe/checkpoints", "checkpoints"),
+        ("export/templates/model_repository", "model_repository"),
+        ("export/templates/ensemble", "ensemble"),
+        ("serving/third_party", "third_party"),
+    ):
         assert (ROOT / link).resolve() == (ROOT / target).resolve(), link

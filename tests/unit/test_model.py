@@ -1,4 +1,5 @@
 """The model math: sparse dispatch, balance loss, padding, decomposition, save/load."""
+
 import dataclasses
 
 import pytest
@@ -42,7 +43,7 @@ def test_sparse_dispatch_equals_dense_reference():
     h = torch.randn(37, CFG.d_model)
     update, expert_ids, logits = moe(h)
     # Dense reference: every expert on every token, then keep the top-k with softmaxed weights.
-    all_out = torch.stack([e(h) for e in moe.experts], dim=1)           # [N, E, D]
+    all_out = torch.stack([e(h) for e in moe.experts], dim=1)  # [N, E, D]
     top_logits, top_ids = logits.topk(CFG.top_k, dim=-1)
     gate = torch.zeros_like(logits).scatter(1, top_ids, F.softmax(top_logits, -1))
     dense = (gate.unsqueeze(-1) * all_out).sum(1)
@@ -63,7 +64,7 @@ def test_balance_loss_formula_on_hand_made_routing():
     logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.5]])
     expert_ids = torch.tensor([[0, 1], [1, 0], [2, 3]])
     probs = F.softmax(logits, -1)
-    f = torch.tensor([2, 2, 1, 1], dtype=torch.float) / 6      # slots per expert / all slots
+    f = torch.tensor([2, 2, 1, 1], dtype=torch.float) / 6  # slots per expert / all slots
     expected = E * (f * probs.mean(0)).sum()
     assert balance_loss(logits, expert_ids, E).item() == pytest.approx(expected.item(), abs=1e-6)
 

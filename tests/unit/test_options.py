@@ -1,4 +1,5 @@
 """Option parsing that needs no server: expert ranges, client options."""
+
 import pytest
 
 from moe.errors import MoEError

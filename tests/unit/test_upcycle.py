@@ -1,6 +1,7 @@
 """Upcycling a pretrained BERT into the post-norm MoE: the same encoder to float precision,
 the vocabulary trimmed without changing any training text's ids, export parity of the pieces.
 (Fine-tuning it end to end: tests/integration/test_training.py.)"""
+
 import dataclasses
 import json
 
@@ -16,8 +17,29 @@ from moe.tokenizer import encode, load_fast_tokenizer
 from moe.upcycle import read_pretrained, start_from_pretrained, trim_vocabulary
 
 SPECIALS = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-WORDS = ["the", "oil", "price", "market", "stock", "team", "game", "space", "new", "play", "win",
-         "rise", "fall", "zebra", "quantum", "##s", "##ing", "##ed", "##er", "##ly", "##ket"]
+WORDS = [
+    "the",
+    "oil",
+    "price",
+    "market",
+    "stock",
+    "team",
+    "game",
+    "space",
+    "new",
+    "play",
+    "win",
+    "rise",
+    "fall",
+    "zebra",
+    "quantum",
+    "##s",
+    "##ing",
+    "##ed",
+    "##er",
+    "##ly",
+    "##ket",
+]
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789.,'-$")
 VOCAB = SPECIALS + WORDS + CHARS + ["##" + c for c in CHARS]
 
@@ -40,8 +62,10 @@ def make_tokenizer() -> Tokenizer:
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
     return tok
 
@@ -49,10 +73,18 @@ def make_tokenizer() -> Tokenizer:
 def save_tiny_bert(folder):
     """A random 2-layer BERT saved the way Hugging Face saves one, with its tokenizer.json."""
     from transformers import BertConfig, BertModel
+
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=40,
-                        layer_norm_eps=1e-12, hidden_act="gelu")
+    config = BertConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+    )
     model = BertModel(config).eval()
     # Random LayerNorm parameters and biases too, so a misplaced norm or bias shows.
     with torch.no_grad():
@@ -71,6 +103,7 @@ def bert_folder(tmp_path_factory):
 def bert_hidden_states(folder, texts):
     """Hugging Face's own BertModel and tokenizer: the reference."""
     from transformers import BertModel
+
     hf = BertModel.from_pretrained(folder).eval()
     enc = load_fast_tokenizer(folder / "tokenizer.json")(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -124,13 +157,13 @@ def test_slice_layer_starts_as_the_dense_ffn_on_the_chosen_hidden_units(bert_fol
     fc1.load_state_dict({k: weights[f"encoder.layer.1.intermediate.dense.{k}"] for k in ("weight", "bias")})
     w2, b2 = weights["encoder.layer.1.output.dense.weight"], weights["encoder.layer.1.output.dense.bias"]
     with torch.no_grad():
-        moe.router.proj.weight.zero_()   # ties: equal top-k weights 1/k
+        moe.router.proj.weight.zero_()  # ties: equal top-k weights 1/k
         a = torch.randn(7, 32)
         update, expert_ids, _ = moe(a)
         chosen = torch.zeros(7, 64)
         for slot in range(BASE.top_k):
             for t, e in enumerate(expert_ids[:, slot].tolist()):
-                chosen[t, e * d_ff:(e + 1) * d_ff] = 1.0
+                chosen[t, e * d_ff : (e + 1) * d_ff] = 1.0
         expected = (torch.nn.functional.gelu(fc1(a)) * chosen) @ w2.T + b2
     torch.testing.assert_close(update, expected, atol=1e-5, rtol=0)
 
@@ -148,7 +181,7 @@ def test_upcycled_routers_start_small_and_blind_to_the_mean_token(bert_folder):
         # The direction every token shares gives no logit: only what differs between tokens routes.
         assert (block.moe.router.proj.weight @ h.mean(0)).abs().max() < 1e-5
         weights = torch.softmax(logits.topk(BASE.top_k).values, -1)
-        assert (weights - 1 / BASE.top_k).abs().max() < 0.25     # top-k weights start near 1/k
+        assert (weights - 1 / BASE.top_k).abs().max() < 0.25  # top-k weights start near 1/k
 
 
 def test_trimmed_vocabulary_keeps_the_ids_of_training_texts(bert_folder):
@@ -181,7 +214,7 @@ def test_checkpoint_tokenizer_json_alone_gives_the_training_ids(bert_folder, tmp
     padding and the [CLS] ... [SEP] template must live in the file."""
     model, tok = start_from_pretrained(bert_folder, TRAIN_TEXTS, BASE, "copy")
     (tmp_path / "tokenizer.json").write_text(tok.to_str())
-    texts = TRAIN_TEXTS + [" ".join(TRAIN_TEXTS * 3)]          # the last one is truncated
+    texts = TRAIN_TEXTS + [" ".join(TRAIN_TEXTS * 3)]  # the last one is truncated
     ids, mask = encode(load_fast_tokenizer(tmp_path / "tokenizer.json"), texts, model.cfg.max_len)
     served = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode_batch(texts)
     assert ids.tolist() == [e.ids for e in served]
@@ -193,9 +226,10 @@ def test_checkpoint_tokenizer_json_alone_gives_the_training_ids(bert_folder, tmp
 
 def test_exported_post_norm_pieces_match_eager_and_compose_like_the_bls(bert_folder, tmp_path):
     from export.repository import export_repository
+
     torch.manual_seed(0)
     model, tok = start_from_pretrained(bert_folder, TRAIN_TEXTS, BASE, "slice")
-    with torch.no_grad():   # routers and experts that differ, so routing decides the result
+    with torch.no_grad():  # routers and experts that differ, so routing decides the result
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     ck = tmp_path / "ck"
@@ -205,9 +239,11 @@ def test_exported_post_norm_pieces_match_eager_and_compose_like_the_bls(bert_fol
     assert json.loads((out / "manifest.json").read_text())["config"]["norm_position"] == "post"
 
     # v1's orchestration (model_repository/moe_bls) over the exported TorchScript pieces.
-    piece = {name: torch.jit.load(str(out / "model_repository" / name / "1" / "model.pt"))
-             for name in ["embedding", "attention", "gating", "classifier"]
-             + [f"expert_{e}" for e in range(model.cfg.n_experts)]}
+    piece = {
+        name: torch.jit.load(str(out / "model_repository" / name / "1" / "model.pt"))
+        for name in ["embedding", "attention", "gating", "classifier"]
+        + [f"expert_{e}" for e in range(model.cfg.n_experts)]
+    }
     ids, mask = encode(load_fast_tokenizer(ck / "tokenizer.json"), TRAIN_TEXTS, model.cfg.max_len)
     real = real_token_index(mask)
     with torch.no_grad():

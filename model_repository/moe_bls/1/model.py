@@ -21,21 +21,26 @@ Experts are local Triton models, or live on other Triton servers: `moe serve --e
 HOST:PORT,...` sets MOE_REMOTE_EXPERTS, and each listed server's expert_N models are then called
 over gRPC.
 """
+
 import asyncio
 import json
 import os
 import threading
 import time
 
+import moe_routing as routing
 import torch
 import triton_python_backend_utils as pb_utils
-
-import moe_routing as routing
 from triton_io import error_responses, model_parameters, to_torch, to_triton
 
 # BLS stages as the Prometheus counter labels them; a stage calls the models its name joins.
 FIRST_LAYER, LAYER, EXPERTS, CLASSIFIER, ORCHESTRATION = (
-    "embedding+attention+gating", "attention+gating", "experts", "classifier", "orchestration")
+    "embedding+attention+gating",
+    "attention+gating",
+    "experts",
+    "classifier",
+    "orchestration",
+)
 STAGES = (FIRST_LAYER, LAYER, EXPERTS, CLASSIFIER, ORCHESTRATION)
 FRONT_OUTPUTS = ["X_OUT", "H", "EXPERT_IDS", "EXPERT_WEIGHTS"]
 
@@ -61,17 +66,23 @@ class Counters:
 
     def __init__(self, n_layers: int, n_experts: int, interval_s: float = 0.05):
         tokens = pb_utils.MetricFamily(
-            name="moe_expert_tokens_total", kind=pb_utils.MetricFamily.COUNTER,
-            description="Tokens routed to each expert of each layer by moe_bls (v1)")
+            name="moe_expert_tokens_total",
+            kind=pb_utils.MetricFamily.COUNTER,
+            description="Tokens routed to each expert of each layer by moe_bls (v1)",
+        )
         stage = pb_utils.MetricFamily(
-            name="moe_bls_stage_duration_us", kind=pb_utils.MetricFamily.COUNTER,
-            description="Cumulative wall time of moe_bls (v1) batches per stage, microseconds")
+            name="moe_bls_stage_duration_us",
+            kind=pb_utils.MetricFamily.COUNTER,
+            description="Cumulative wall time of moe_bls (v1) batches per stage, microseconds",
+        )
         batches = pb_utils.MetricFamily(
-            name="moe_bls_batches_total", kind=pb_utils.MetricFamily.COUNTER,
-            description="Batches run by moe_bls (v1)")
-        self._families = (tokens, stage, batches)   # families must outlive their metrics
-        self.tokens = [[tokens.Metric(labels={"layer": str(l), "expert": str(e)}) for e in range(n_experts)]
-                       for l in range(n_layers)]
+            name="moe_bls_batches_total", kind=pb_utils.MetricFamily.COUNTER, description="Batches run by moe_bls (v1)"
+        )
+        self._families = (tokens, stage, batches)  # families must outlive their metrics
+        self.tokens = [
+            [tokens.Metric(labels={"layer": str(l), "expert": str(e)}) for e in range(n_experts)]
+            for l in range(n_layers)
+        ]
         self.stages = {s: stage.Metric(labels={"stage": s}) for s in STAGES}
         self.batches = batches.Metric(labels={})
         self._pending_tokens = [[0] * n_experts for _ in range(n_layers)]
@@ -114,7 +125,7 @@ class Counters:
         while not self._stop:
             self._wake.wait()
             self._wake.clear()
-            time.sleep(self._interval_s)      # let a burst of batches add up first
+            time.sleep(self._interval_s)  # let a burst of batches add up first
             self.flush()
 
     def close(self) -> None:
@@ -129,6 +140,7 @@ class RemoteExperts:
 
     def __init__(self, endpoints, expert_names, timeout_s):
         import tritonclient.grpc as grpc_sync
+
         self.timeout_s = timeout_s
         self.where = {}
         for url in endpoints:
@@ -143,19 +155,20 @@ class RemoteExperts:
                 client.close()
         missing = [n for n in expert_names if n not in self.where]
         if missing:
-            raise pb_utils.TritonModelException(
-                f"{', '.join(missing)} not served by any of {', '.join(endpoints)}")
+            raise pb_utils.TritonModelException(f"{', '.join(missing)} not served by any of {', '.join(endpoints)}")
         self.clients = {}
 
     def client(self, url):
         if url not in self.clients:
             import tritonclient.grpc.aio as grpc_aio
+
             self.clients[url] = grpc_aio.InferenceServerClient(url)
         return self.clients[url]
 
     async def call(self, name, inputs):
         import tritonclient.grpc as grpc_sync
         from tritonclient.utils import np_to_triton_dtype
+
         url = self.where[name]
         tensors = []
         for i, t in enumerate(inputs):
@@ -164,8 +177,8 @@ class RemoteExperts:
             tensors[-1].set_data_from_numpy(array)
         try:
             result = await self.client(url).infer(
-                name, tensors, outputs=[grpc_sync.InferRequestedOutput("OUTPUT__0")],
-                client_timeout=self.timeout_s)
+                name, tensors, outputs=[grpc_sync.InferRequestedOutput("OUTPUT__0")], client_timeout=self.timeout_s
+            )
         except Exception as e:  # noqa: BLE001
             # A fresh channel next time: gRPC's reconnect back-off would delay recovery.
             client = self.clients.pop(url, None)
@@ -196,14 +209,19 @@ class TritonPythonModel:
         self.preferred_memory = pb_utils.PreferredMemory(*memory)
         self.layer_tensors = [torch.tensor([l], dtype=torch.int64) for l in range(self.n_layers)]
         endpoints = [u for u in os.environ.get("MOE_REMOTE_EXPERTS", "").split(",") if u]
-        self.remote = RemoteExperts(endpoints, self.experts, float(p.get("remote_timeout_s", "30"))) if endpoints else None
+        self.remote = (
+            RemoteExperts(endpoints, self.experts, float(p.get("remote_timeout_s", "30"))) if endpoints else None
+        )
         self.counters = Counters(self.n_layers, self.n_experts)
 
     async def call(self, model: str, inputs: list, outputs: list) -> list:
         """Run `model` on (name, tensor) inputs; its outputs as tensors on this instance's device."""
         request = pb_utils.InferenceRequest(
-            model_name=model, requested_output_names=outputs,
-            inputs=[to_triton(name, tensor) for name, tensor in inputs], preferred_memory=self.preferred_memory)
+            model_name=model,
+            requested_output_names=outputs,
+            inputs=[to_triton(name, tensor) for name, tensor in inputs],
+            preferred_memory=self.preferred_memory,
+        )
         try:
             response = await request.async_exec()
         except Exception as e:  # noqa: BLE001 - e.g. the model's stub died mid-request
@@ -238,8 +256,7 @@ class TritonPythonModel:
             times[stage] += time.perf_counter() - start
 
     async def run_experts(self, busy, chunks, layer):
-        results = await asyncio.gather(*[self.call_expert(e, chunks[e], layer) for e in busy],
-                                       return_exceptions=True)
+        results = await asyncio.gather(*[self.call_expert(e, chunks[e], layer) for e in busy], return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
         if failed:
             raise StepFailed("; ".join(str(f) for f in failed))
@@ -251,8 +268,11 @@ class TritonPythonModel:
         real positions are found without waiting for a device."""
         B, T = ids.shape
         real = routing.real_token_index(mask).to(self.device)
-        counts = torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64, device=self.device) \
-            if count_tokens else None
+        counts = (
+            torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64, device=self.device)
+            if count_tokens
+            else None
+        )
         x = None
         for l in range(self.n_layers):
             layer = self.layer_tensors[l]
@@ -260,8 +280,9 @@ class TritonPythonModel:
                 stage, model, inputs = FIRST_LAYER, "embedding_attention_gating", [("IDS", ids)]
             else:
                 stage, model, inputs = LAYER, "attention_gating", [("X", x)]
-            x, h, expert_ids, weights = await self.timed(stage, times, self.call(
-                model, [*inputs, ("MASK", mask), ("LAYER", layer)], FRONT_OUTPUTS))
+            x, h, expert_ids, weights = await self.timed(
+                stage, times, self.call(model, [*inputs, ("MASK", mask), ("LAYER", layer)], FRONT_OUTPUTS)
+            )
             h_real = routing.real_tokens(h, real)
             # The per-expert counts are the one value the host waits for in a layer: they say
             # which experts to call and how to split the tokens.
@@ -269,7 +290,7 @@ class TritonPythonModel:
             chunks = h_real.index_select(0, token_index).split(per_expert)
             busy = [e for e in range(self.n_experts) if per_expert[e] > 0]
             results = await self.timed(EXPERTS, times, self.run_experts(busy, chunks, layer))
-            outputs = list(chunks)             # idle experts contribute their empty chunk
+            outputs = list(chunks)  # idle experts contribute their empty chunk
             for e, (out,) in zip(busy, results):
                 outputs[e] = out
             update = routing.combine(torch.cat(outputs), weights, slot_order)
@@ -279,8 +300,9 @@ class TritonPythonModel:
                 text_of_token = torch.div(real, T, rounding_mode="floor")
                 flat = (text_of_token.unsqueeze(1) * self.n_experts + expert_ids).reshape(-1)
                 counts[:, l, :] = torch.bincount(flat, minlength=B * self.n_experts).view(B, self.n_experts)
-        (logits,) = await self.timed(CLASSIFIER, times, self.call(
-            "classifier", [("INPUT__0", x), ("INPUT__1", mask)], ["OUTPUT__0"]))
+        (logits,) = await self.timed(
+            CLASSIFIER, times, self.call("classifier", [("INPUT__0", x), ("INPUT__1", mask)], ["OUTPUT__0"])
+        )
         return logits, counts
 
     async def execute(self, requests):
@@ -299,7 +321,7 @@ class TritonPythonModel:
         times, tokens = dict.fromkeys(STAGES, 0.0), []
         try:
             logits, counts = await self.forward(ids, mask, any(wants_counts), times, tokens)
-            logits = logits.cpu()               # the one copy to the host
+            logits = logits.cpu()  # the one copy to the host
             counts = counts.cpu() if counts is not None else None
         except StepFailed as e:
             return error_responses(len(requests), f"moe_bls: {e}", pb_utils.TritonError.UNAVAILABLE)
@@ -307,9 +329,9 @@ class TritonPythonModel:
             return error_responses(len(requests), f"moe_bls: {type(e).__name__}: {e}")
         responses, start = [], 0
         for n, wants in zip(sizes, wants_counts):
-            outputs = [to_triton("LOGITS", logits[start:start + n])]
+            outputs = [to_triton("LOGITS", logits[start : start + n])]
             if wants:
-                outputs.append(to_triton("EXPERT_TOKENS", counts[start:start + n]))
+                outputs.append(to_triton("EXPERT_TOKENS", counts[start : start + n]))
             responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             start += n
         times[ORCHESTRATION] = (time.perf_counter() - started) - sum(times.values())

@@ -3,6 +3,7 @@
 Uses the `tokenizers` library directly (what transformers' fast tokenizer wraps): the [CLS]
 template and truncation are stored in tokenizer.json, so the ids equal those of training.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,7 @@ def decode(raw, index: int, max_chars: int) -> str:
     try:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
-        raise BadText(f"TEXT[{index}] is not valid UTF-8 (byte {e.object[e.start]:#04x} "
-                      f"at offset {e.start})") from None
+        raise BadText(f"TEXT[{index}] is not valid UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     if not text.strip():
         raise BadText(f"TEXT[{index}] is empty or whitespace only")
     # Tokens past max_len are truncated anyway; cutting megabyte texts first keeps the
@@ -40,8 +40,9 @@ class TritonPythonModel:
         multiple = int(params.get("pad_to_multiple_of", "0")) or None
         # Requests of one execute are padded to one length (a multiple of 8), so the
         # dynamic batcher of the next model can merge them.
-        self.tokenizer.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"],
-                                      pad_to_multiple_of=multiple)
+        self.tokenizer.enable_padding(
+            pad_id=padding["pad_id"], pad_token=padding["pad_token"], pad_to_multiple_of=multiple
+        )
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -63,7 +64,10 @@ class TritonPythonModel:
             for r in range(len(requests)):
                 if responses[r] is None:
                     rows = owners == r
-                    responses[r] = pb_utils.InferenceResponse(output_tensors=[
-                        pb_utils.Tensor("INPUT_IDS", ids[rows]),
-                        pb_utils.Tensor("ATTENTION_MASK", mask[rows])])
+                    responses[r] = pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor("INPUT_IDS", ids[rows]),
+                            pb_utils.Tensor("ATTENTION_MASK", mask[rows]),
+                        ]
+                    )
         return responses
