@@ -183,6 +183,19 @@ def parse_index(index) -> list[ModelInfo]:
     return [ModelInfo(r["name"], str(r.get("version", "")), r.get("state", "")) for r in rows]
 
 
+# Triton's statuses (HTTP code, or gRPC code as tritonclient spells it) -> our errors.
+STATUS_ERRORS = {
+    "400": InvalidInput,
+    "StatusCode.INVALID_ARGUMENT": InvalidInput,
+    "403": AccessDenied,
+    "StatusCode.PERMISSION_DENIED": AccessDenied,
+    "404": ModelNotReady,
+    "StatusCode.NOT_FOUND": ModelNotReady,
+    "StatusCode.DEADLINE_EXCEEDED": RequestTimeout,
+    "StatusCode.UNAVAILABLE": ServerUnreachable,
+}
+
+
 def map_error(exc: BaseException, where: str, offset: int = 0) -> MoEClientError | None:
     """The moe_client error for an exception of tritonclient or of the network below it;
     None for anything else (a bug, which keeps its own traceback). `offset`: index of the
@@ -191,15 +204,18 @@ def map_error(exc: BaseException, where: str, offset: int = 0) -> MoEClientError
         return exc
     if isinstance(exc, InferenceServerException):
         status, msg = str(exc.status() or ""), exc.message() or str(exc)
-        if "is restricted, expecting header" in msg:  # Triton's restricted APIs
+        kind = STATUS_ERRORS.get(status)
+        # Over gRPC, Triton 2.51 refuses a restricted API with UNAVAILABLE, the code of an
+        # unreachable server: only its message tells them apart.
+        if kind is AccessDenied or (kind is ServerUnreachable and "is restricted, expecting header" in msg):
             return AccessDenied(f"{msg}: give the client the server's admin_key")
-        if "DEADLINE_EXCEEDED" in status or "Deadline Exceeded" in msg:
+        if kind is RequestTimeout:
             return RequestTimeout(f"no answer from {where} in time: {msg}")
-        if "UNAVAILABLE" in status:
+        if kind is ServerUnreachable:
             return ServerUnreachable(f"cannot reach {where}: {msg}")
-        if status in ("404", "StatusCode.NOT_FOUND") or "unknown model" in msg or "not ready" in msg:
+        if kind is ModelNotReady:
             return ModelNotReady(msg)
-        if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        if kind is InvalidInput:
             note = f" (TEXT[i] is texts[{offset} + i])" if offset else ""
             return InvalidInput(msg + note, server_message=msg)
         return MoEClientError(f"{where}: {msg}")
