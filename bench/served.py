@@ -223,7 +223,9 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         batches(
             texts,
             opts.batched_baseline,
-            max(opts.requests * max(opts.batch_sizes) // max(opts.batched_baseline, 1), 16),
+            # As many texts as the largest level sends, and at least a thousand: enough seconds
+            # of work for a stable rate.
+            max(opts.requests * max(opts.batch_sizes), 1024) // max(opts.batched_baseline, 1),
         )
         if opts.batched_baseline
         else None

@@ -1,7 +1,7 @@
 """The MoE Transformer encoder classifier.
 
-The forward pass is cut into pure pieces (DESIGN.md, "Making v1 exact by construction"), and
-each LayerNorm lands in exactly one of them. Pre-norm blocks (norm_position="pre", the
+The forward pass is cut into pure pieces, the ones Triton serves, and each LayerNorm lands in
+exactly one of them. Pre-norm blocks (norm_position="pre", the
 from-scratch presets):
 
     Embedding          ids -> x = token * sqrt(d) + position
@@ -43,6 +43,7 @@ from .routing import (
     combine,
     dispatch_plan,
     real_token_index,
+    real_tokens,
     router_z_loss,
     top_k_gating,
 )
@@ -70,6 +71,7 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: MoEConfig):
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.head_dim = cfg.head_dim
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -78,9 +80,9 @@ class SelfAttention(nn.Module):
     def attend(self, x: Tensor, mask: Tensor) -> Tensor:
         B, T, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=2)
-        q = q.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
-        k = k.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
-        v = v.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         # Padding keys are masked out; every text has at least its [CLS] token, so no query
         # row is fully masked. Padding query rows compute garbage that nothing reads.
         keep = mask.view(B, 1, 1, T)
@@ -174,7 +176,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, real: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         x, h = self.attention(x, mask)
-        h_real = h.reshape(-1, h.shape[-1]).index_select(0, real)
+        h_real = real_tokens(h, real)
         update, expert_ids, logits = self.moe(h_real)
         return add_to_real_tokens(x, real, update), expert_ids, logits
 

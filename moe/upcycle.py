@@ -50,20 +50,17 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from .checkpoint import CONFIG, TOKENIZER, WEIGHTS
 from .config import MoEConfig
 from .errors import MoEError
 from .model import MoEClassifier
-from .routing import real_token_index
+from .routing import real_token_index, real_tokens
 from .tokenizer import PAD, configure
 
 METHODS = ("copy", "slice")
 CENTRING_TEXTS = 128  # training texts whose tokens give the mean router input
-CONFIG, WEIGHTS, WEIGHTS_INDEX, TOKENIZER = (
-    "config.json",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-)
+# A Hugging Face folder names its files as our checkpoints do, and may shard its weights.
+WEIGHTS_INDEX = "model.safetensors.index.json"
 
 
 @dataclass
@@ -250,7 +247,7 @@ def centre_routers(model: MoEClassifier, tokenizer: Tokenizer, texts: list[str])
     x = model.embedding(ids)
     for block in model.blocks:
         _, h = block.attention(x, mask)
-        mean = h.reshape(-1, h.shape[-1]).index_select(0, real).mean(0)
+        mean = real_tokens(h, real).mean(0)
         direction = mean / mean.norm()
         weight = block.moe.router.proj.weight
         weight.sub_(torch.outer(weight @ direction, direction))

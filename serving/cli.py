@@ -141,6 +141,12 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     show_default=True,
     help="where v1's BLS runs: auto = with the pieces; cpu = on the CPU whatever their device",
 )
+@click.option("--full-model-instances", type=int, help="instances of v2's model (default: 2 on the CPU, 1 on a GPU)")
+@click.option(
+    "--length-group",
+    type=int,
+    help="v2 runs texts sorted by length in groups of this many (0: one group; default: 16 on the CPU, 0 on a GPU)",
+)
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
 @click.option(
     "--max-queue-size",
@@ -157,7 +163,18 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     help="a request queued longer than this is rejected (clients may ask for less)",
 )
 @friendly_errors
-def export_(checkpoint, out, device, gpus, bls_device, max_batch_size, max_queue_size, queue_timeout_ms):
+def export_(
+    checkpoint,
+    out,
+    device,
+    gpus,
+    bls_device,
+    full_model_instances,
+    length_group,
+    max_batch_size,
+    max_queue_size,
+    queue_timeout_ms,
+):
     """Export CHECKPOINT (default: the bundled one) to a Triton model repository."""
     from export.repository import DEFAULT_OUT, ExportOptions, export_repository
 
@@ -169,6 +186,8 @@ def export_(checkpoint, out, device, gpus, bls_device, max_batch_size, max_queue
         device=device,
         gpus=gpus,
         bls_device=bls_device,
+        full_model_instances=full_model_instances,
+        length_group=length_group,
         max_batch_size=max_batch_size,
         max_queue_size=max_queue_size,
         queue_timeout_us=queue_timeout_ms * 1000,

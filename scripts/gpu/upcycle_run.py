@@ -97,7 +97,7 @@ def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
     """Test-set accuracy and expert load of a saved checkpoint (fp32), written to `out`."""
     import torch
 
-    from moe.checkpoint import load_checkpoint
+    from moe.checkpoint import TOKENIZER, load_checkpoint
     from moe.data import load_split
     from moe.evaluate import evaluate
     from moe.tokenizer import load_fast_tokenizer
@@ -107,7 +107,7 @@ def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
     started = time.time()
     result = evaluate(
         model.to(device),
-        load_fast_tokenizer(path / "tokenizer.json"),
+        load_fast_tokenizer(path / TOKENIZER),
         load_split(data, "test").head(rows),
         model.cfg,
         256,
