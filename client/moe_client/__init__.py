@@ -14,6 +14,7 @@ from ._core import (
     MoEClientError,
     Prediction,
     RequestTimeout,
+    ServerBusy,
     ServerUnreachable,
 )
 from .aio import AsyncMoEClient
@@ -30,5 +31,6 @@ __all__ = [
     "InvalidInput",
     "RequestTimeout",
     "AccessDenied",
+    "ServerBusy",
     "ADMIN_HEADER",
 ]

@@ -79,6 +79,11 @@ class RequestTimeout(MoEClientError):
     """The server did not answer within the client's timeout."""
 
 
+class ServerBusy(MoEClientError):
+    """The server refused the request: its queue was full, or the request waited past its
+    timeout in it. The server is up; try again later, or with fewer requests in flight."""
+
+
 class AccessDenied(MoEClientError):
     """The server keeps this API (the repository index behind models()) for admins."""
 
@@ -211,6 +216,9 @@ def map_error(exc: BaseException, where: str, offset: int = 0) -> MoEClientError
             return AccessDenied(f"{msg}: give the client the server's admin_key")
         if kind is RequestTimeout:
             return RequestTimeout(f"no answer from {where} in time: {msg}")
+        # A full queue and a queue timeout come with the unreachable server's code too.
+        if kind is ServerUnreachable and ("Exceeds maximum queue size" in msg or "Request timeout expired" in msg):
+            return ServerBusy(f"{where} is busy: {msg}")
         if kind is ServerUnreachable:
             return ServerUnreachable(f"cannot reach {where}: {msg}")
         if kind is ModelNotReady:

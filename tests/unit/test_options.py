@@ -1,9 +1,20 @@
-"""Option parsing that needs no server: expert ranges, client options."""
+"""What needs no server: expert ranges, client options, how the client names server errors."""
 
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from moe.errors import MoEError
-from moe_client import MoEClient
+from moe_client import (
+    AccessDenied,
+    InvalidInput,
+    ModelNotReady,
+    MoEClient,
+    MoEClientError,
+    RequestTimeout,
+    ServerBusy,
+    ServerUnreachable,
+)
+from moe_client._core import map_error
 from serving.server import parse_expert_range
 
 
@@ -21,3 +32,31 @@ def test_bad_options():
         MoEClient(protocol="ftp")
     with pytest.raises(TypeError, match=r"texts\[1\]"):
         MoEClient().classify(["ok", 3])
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "kind"),
+    [
+        ("400", "TEXT[1] is empty or whitespace only", InvalidInput),
+        ("StatusCode.INVALID_ARGUMENT", "TEXT[0] is not valid UTF-8", InvalidInput),
+        ("403", "This API is restricted, expecting header 'moe-admin-key'", AccessDenied),
+        # Triton 2.51 refuses a restricted gRPC call with UNAVAILABLE.
+        ("StatusCode.UNAVAILABLE", "This protocol is restricted, expecting header 'x'", AccessDenied),
+        ("404", "Request for unknown model: 'moe_v3' is not found", ModelNotReady),
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'moe_v1' has no available versions", ModelNotReady),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", RequestTimeout),
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnreachable),
+        ("StatusCode.UNAVAILABLE", "in ensemble 'moe_v1', Exceeds maximum queue size", ServerBusy),
+        ("StatusCode.UNAVAILABLE", "in ensemble 'moe_v1', Request timeout expired", ServerBusy),
+        ("500", "moe_bls: something broke", MoEClientError),
+    ],
+)
+def test_server_errors_are_named_by_their_status(status, message, kind):
+    error = map_error(InferenceServerException(message, status=status), "grpc server at h:1", offset=64)
+    assert type(error) is kind and message in str(error)
+    if kind is InvalidInput:
+        assert "texts[64 + i]" in str(error) and error.server_message == message
+
+
+def test_bugs_are_not_named_server_errors():
+    assert map_error(KeyError("x"), "somewhere") is None
