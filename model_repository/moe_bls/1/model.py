@@ -179,7 +179,7 @@ class RemoteExperts:
             result = await self.client(url).infer(
                 name, tensors, outputs=[grpc_sync.InferRequestedOutput("OUTPUT__0")], client_timeout=self.timeout_s
             )
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - whatever broke, the step failed and says where
             # A fresh channel next time: gRPC's reconnect back-off would delay recovery.
             client = self.clients.pop(url, None)
             if client is not None:
