@@ -544,7 +544,7 @@ def run(args) -> dict:
                     del h, ref
         try:
             torch._dynamo.reset()
-        except Exception:  # noqa: BLE001, S110 - resetting dynamo's caches is best effort
+        except Exception:  # noqa: BLE001 - resetting dynamo's caches is best effort
             pass
 
     # ratio to dense

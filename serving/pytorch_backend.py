@@ -60,7 +60,7 @@ def torch_version() -> tuple[str, str | None]:
     """(torch version, CUDA version or None), read from torch/version.py without importing torch."""
     root, _ = torch_paths()
     values: dict = {}
-    exec((root / "version.py").read_text(), values)  # noqa: S102 - torch's own generated file
+    exec((root / "version.py").read_text(), values)  # torch's own generated file: two assignments
     return values["__version__"], values.get("cuda")
 
 

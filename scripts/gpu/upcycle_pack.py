@@ -29,8 +29,9 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from moe.checkpoint import CONFIG, TOKENIZER  # noqa: E402
 from moe.data import read_csv  # noqa: E402
-from moe.upcycle import CONFIG, TOKENIZER, WEIGHTS_INDEX, Pretrained, read_pretrained, trim_vocabulary  # noqa: E402
+from moe.upcycle import WEIGHTS_INDEX, Pretrained, read_pretrained, trim_vocabulary  # noqa: E402
 
 # The repository is ~25 MiB of the 64 MiB a call may carry.
 PART_LIMIT = 30 * 2**20
