@@ -208,7 +208,7 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
         instance_group=instance_group(opts),
         libtorch_parameters=LIBTORCH_PARAMETERS,
-        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else ExportOptions()),
+        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else replace(opts, device="cpu")),
     )
 
     def write_model(name: str, template: str, extra: dict | None = None):

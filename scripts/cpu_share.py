@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.load import batches, closed_loop
 from moe.data import DEFAULT_DATA, load_split
 from moe_client import AsyncMoEClient
-from serving.server import ServerOptions, TritonServer, cmdline, free_ports, process_tree
+from serving.server import ServerOptions, TritonServer, free_ports, process_tree
 
 
 def cpu_seconds(pid: int) -> float:
@@ -27,11 +27,6 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_name(pid: int) -> str:
-    args = cmdline(pid)
-    return Path(args[1]).parent.parent.name if args and args[0].endswith("_stub") else "tritonserver"
 
 
 def main() -> None:
@@ -63,7 +58,7 @@ def main() -> None:
     try:
         asyncio.run(load(args.warmup))
         pids = process_tree(server.process.pid)
-        names = {pid: process_name(pid) for pid in pids}
+        names = {pid: name for name, pid in server.stubs().items()} | {server.process.pid: "tritonserver"}
         before = {pid: cpu_seconds(pid) for pid in pids}
         me_before, started = sum(os.times()[:2]), time.monotonic()
         result = asyncio.run(load(args.requests)).summary()
@@ -78,7 +73,7 @@ def main() -> None:
         f"{result['throughput']:.1f} texts/s, p50 {result['p50_ms']:.2f} ms, errors {result['errors']}"
     )
     for pid in pids:
-        print(f"  {names[pid]:16s} {100 * (after[pid] - before[pid]) / seconds:6.1f} % of a core")
+        print(f"  {names.get(pid, str(pid)):16s} {100 * (after[pid] - before[pid]) / seconds:6.1f} % of a core")
     print(f"  {'client':16s} {100 * (me_after - me_before) / seconds:6.1f} % of a core")
 
 

@@ -131,18 +131,23 @@ def _proc_stat_parent(pid: int) -> int | None:
         return None
 
 
-def children(pid: int) -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _proc_stat_parent(int(p.name)) == pid]
+def parents() -> dict[int, int | None]:
+    """pid -> parent pid of every process now."""
+    return {int(p.name): _proc_stat_parent(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+
+
+def children(pid: int, parent_of: dict[int, int | None] | None = None) -> list[int]:
+    parent_of = parents() if parent_of is None else parent_of
+    return [child for child, parent in parent_of.items() if parent == pid]
 
 
 def process_tree(root: int) -> list[int]:
     """root and every process below it."""
-    parents = {int(p.name): _proc_stat_parent(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-    tree, todo = [], [root]
+    parent_of, tree, todo = parents(), [], [root]
     while todo:
         pid = todo.pop()
         tree.append(pid)
-        todo.extend(child for child, parent in parents.items() if parent == pid)
+        todo.extend(children(pid, parent_of))
     return tree
 
 
