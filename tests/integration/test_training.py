@@ -14,19 +14,21 @@ from ..unit.test_upcycle import VOCAB, save_tiny_bert
 
 def test_train_then_eval_cli(tmp_path, data_dir):
     out = tmp_path / "ck"
-    r = run_cli("train", "--preset", "tiny", "--data", data_dir, "--out", out, "--epochs", 1, "--max-train-rows", 1500)
+    # Two epochs on 4,000 rows: one epoch on fewer rows can still predict one class for
+    # everything (25 %), which says nothing about whether the pipeline learns.
+    r = run_cli("train", "--preset", "tiny", "--data", data_dir, "--out", out, "--epochs", 2, "--max-train-rows", 4000)
     assert r.returncode == 0, r.stderr
     assert "val acc" in r.stdout
     for f in ("model.safetensors", "config.json", "tokenizer.json", "metrics.json"):
         assert (out / f).is_file()
     metrics = json.loads((out / "metrics.json").read_text())
-    assert len(metrics["epochs"]) == 1 and "expert_load_train" in metrics["epochs"][0]
+    assert len(metrics["epochs"]) == 2 and "expert_load_train" in metrics["epochs"][0]
     r = run_cli("eval", out, "--data", data_dir, "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["rows"] == 7600
     assert sum(map(sum, result["confusion_matrix"])) == 7600
-    assert 0.25 < result["accuracy"] <= 1.0
+    assert 0.5 < result["accuracy"] <= 1.0, result["accuracy"]
     assert len(result["expert_load"]) == preset("tiny").n_layers
     r = run_cli("eval", out, "--data", data_dir)
     assert "test accuracy" in r.stdout and "confusion matrix" in r.stdout
