@@ -70,6 +70,10 @@ class ExportOptions:
     # instance and one group. None: by device. Measured: docs/benchmarks.md.
     full_model_instances: int | None = None
     length_group: int | None = None
+    # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
+    # with as many instances of the embedding, attention, gating and classifier models: 2 on the
+    # CPU (both cores busy, and less padding), 1 on a GPU. None: by device.
+    v1_groups: int | None = None
 
     def resolved(self) -> ExportOptions:
         on_cpu = self.device == "cpu"
@@ -77,6 +81,7 @@ class ExportOptions:
             self,
             full_model_instances=self.full_model_instances or (2 if on_cpu else 1),
             length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
+            v1_groups=self.v1_groups or (2 if on_cpu else 1),
         )
 
 
@@ -204,6 +209,7 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         pad_id=cfg.pad_id,
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))),
         expert_models=",".join(experts),
+        v1_groups=opts.v1_groups,
         max_text_chars=cfg.max_len * 64,
         pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
         instance_group=instance_group(opts),
@@ -224,7 +230,7 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         return folder
 
     for name in ("embedding", "attention", "gating", "classifier"):
-        write_model(name, name)
+        write_model(name, name, dict(instance_group=instance_group(opts, count=opts.v1_groups)))
     write_model("full_model", "full_model", dict(instance_group=instance_group(opts, count=opts.full_model_instances)))
     for e, name in enumerate(experts):
         write_model(name, "expert", dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))

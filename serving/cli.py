@@ -147,6 +147,11 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     type=int,
     help="v2 runs texts sorted by length in groups of this many (0: one group; default: 16 on the CPU, 0 on a GPU)",
 )
+@click.option(
+    "--v1-groups",
+    type=click.IntRange(min=1),
+    help="v1 runs each batch as this many length-sorted groups at once (default: 2 on the CPU, 1 on a GPU)",
+)
 @click.option("--max-batch-size", type=int, default=64, show_default=True)
 @click.option(
     "--max-queue-size",
@@ -171,6 +176,7 @@ def export_(
     bls_device,
     full_model_instances,
     length_group,
+    v1_groups,
     max_batch_size,
     max_queue_size,
     queue_timeout_ms,
@@ -188,6 +194,7 @@ def export_(
         bls_device=bls_device,
         full_model_instances=full_model_instances,
         length_group=length_group,
+        v1_groups=v1_groups,
         max_batch_size=max_batch_size,
         max_queue_size=max_queue_size,
         queue_timeout_us=queue_timeout_ms * 1000,

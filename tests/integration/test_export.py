@@ -18,6 +18,15 @@ def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
         assert (out / "model_repository" / name / "1" / "model.pt").is_file()
     for name in ("tokenizer", "moe_bls"):
         assert 'backend: "python"' in (out / "model_repository" / name / "config.pbtxt").read_text()
+    # On the CPU v1 sends two length-sorted groups through the attention pieces at once, each
+    # with an instance of its own; the experts keep one instance.
+    assert (
+        'key: "groups" value: { string_value: "2" }'
+        in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    )
+    for name in ("embedding", "attention", "gating", "classifier"):
+        assert "count: 2 kind: KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text(), name
+    assert "count: 1 kind: KIND_CPU" in (out / "model_repository" / "expert_0" / "config.pbtxt").read_text()
 
 
 def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
@@ -27,7 +36,13 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
     for e in range(8):
         config = (out / "model_repository" / f"expert_{e}" / "config.pbtxt").read_text()
         assert f"kind: KIND_GPU gpus: [ {e % 3} ]" in config, config
-    assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "attention" / "config.pbtxt").read_text()
+    assert (
+        "count: 1 kind: KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "attention" / "config.pbtxt").read_text()
+    )
+    assert (
+        'key: "groups" value: { string_value: "1" }'
+        in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    )
     # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.
     assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     for name in ("tokenizer", "postprocessing"):

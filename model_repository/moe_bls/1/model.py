@@ -12,6 +12,11 @@ for its experts. Grouping tokens by expert and adding the weighted outputs back 
 moe_routing.py, a copy of the package's moe/routing.py made by `moe export`: the same code the
 eager model runs.
 
+A batch runs as `groups` groups of texts sorted by length, each trimmed to its own longest
+text and sent through the attention pieces concurrently (`moe export --v1-groups`; 2 on the
+CPU, where each group gets an instance and a core, 1 on a GPU); every layer's experts still see
+the tokens of the whole batch, one call each.
+
 Where the activations live is this instance's device: on a GPU (`moe export --device cuda`) they
 stay there from the first piece to the classifier, pass between this process and the server as
 CUDA memory (DLPack), and the routing math runs there too; the host waits only for each layer's
@@ -47,6 +52,44 @@ FRONT_OUTPUTS = ["X_OUT", "H", "EXPERT_IDS", "EXPERT_WEIGHTS"]
 
 class StepFailed(Exception):
     pass
+
+
+class Group:
+    """Some rows of the batch, trimmed to their longest text: `rows` [n] (where they sit in the
+    batch), ids and mask [n, T'] on the CPU, `real` the flat positions of their real tokens and
+    `text_of_token` the batch row of each, on the instance's device."""
+
+    def __init__(self, rows, ids, mask, device):
+        T = max(1, int(mask.sum(1).max()))
+        self.rows = rows.to(device)
+        self.ids, self.mask = ids[rows, :T], mask[rows, :T]
+        real = routing.real_token_index(self.mask)
+        self.real = real.to(device)
+        self.text_of_token = rows.index_select(0, torch.div(real, T, rounding_mode="floor")).to(device)
+
+
+def length_groups(ids, mask, groups: int, device) -> list:
+    """The batch as at most `groups` Groups of texts sorted by length, cut where each holds about
+    the same number of real tokens (a group's attention costs about its rows times its longest
+    text). One group keeps the batch's order."""
+    B = ids.shape[0]
+    if groups <= 1 or B == 1:
+        return [Group(torch.arange(B), ids, mask, device)]
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, stable=True)
+    tokens_before = lengths.index_select(0, order).cumsum(0)
+    total = int(tokens_before[-1])
+    cuts = sorted({int(torch.searchsorted(tokens_before, total * g // groups, right=True)) for g in range(1, groups)})
+    return [Group(rows, ids, mask, device) for rows in order.tensor_split(cuts) if rows.numel()]
+
+
+async def gather_all(awaitables) -> list:
+    """Every result, once all have finished; a failure of any is the step's failure."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise StepFailed("; ".join(str(f) for f in failed))
+    return results
 
 
 def wants_expert_tokens(request) -> bool:
@@ -196,6 +239,7 @@ class TritonPythonModel:
         self.experts = p["expert_models"].split(",")
         assert len(self.experts) == self.n_experts, "one expert model per expert"
         self.pad_id = int(p.get("pad_id", "0"))
+        self.groups = int(p.get("groups", "1"))
         torch.set_num_threads(int(p.get("INTRA_OP_THREAD_COUNT", "1")))
         if args["model_instance_kind"] == "GPU":
             self.device = torch.device("cuda", int(args["model_instance_device_id"]))
@@ -255,55 +299,69 @@ class TritonPythonModel:
         finally:
             times[stage] += time.perf_counter() - start
 
-    async def run_experts(self, busy, chunks, layer):
-        results = await asyncio.gather(*[self.call_expert(e, chunks[e], layer) for e in busy], return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failed:
-            raise StepFailed("; ".join(str(f) for f in failed))
-        return results
-
     async def forward(self, ids, mask, count_tokens: bool, times: dict, tokens: list):
         """logits [B, C] and, if asked, tokens per text, layer and expert [B, L, E], on this
         instance's device. ids and mask stay on the CPU: the pieces take them from there, and the
         real positions are found without waiting for a device."""
-        B, T = ids.shape
-        real = routing.real_token_index(mask).to(self.device)
+        B = ids.shape[0]
+        groups = length_groups(ids, mask, self.groups, self.device)
         counts = (
             torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64, device=self.device)
             if count_tokens
             else None
         )
-        x = None
+        xs = [None] * len(groups)
         for l in range(self.n_layers):
             layer = self.layer_tensors[l]
             if l == 0:
-                stage, model, inputs = FIRST_LAYER, "embedding_attention_gating", [("IDS", ids)]
+                stage, model, inputs = FIRST_LAYER, "embedding_attention_gating", [[("IDS", g.ids)] for g in groups]
             else:
-                stage, model, inputs = LAYER, "attention_gating", [("X", x)]
-            x, h, expert_ids, weights = await self.timed(
-                stage, times, self.call(model, [*inputs, ("MASK", mask), ("LAYER", layer)], FRONT_OUTPUTS)
+                stage, model, inputs = LAYER, "attention_gating", [[("X", x)] for x in xs]
+            fronts = await self.timed(
+                stage,
+                times,
+                gather_all(
+                    self.call(model, [*group_inputs, ("MASK", g.mask), ("LAYER", layer)], FRONT_OUTPUTS)
+                    for group_inputs, g in zip(inputs, groups)
+                ),
             )
-            h_real = routing.real_tokens(h, real)
+            # The experts see the real tokens of every group, in group order.
+            h_real = torch.cat([routing.real_tokens(h, g.real) for (_, h, _, _), g in zip(fronts, groups)])
+            expert_ids = torch.cat([f[2] for f in fronts])
+            weights = torch.cat([f[3] for f in fronts])
             # The per-expert counts are the one value the host waits for in a layer: they say
             # which experts to call and how to split the tokens.
             token_index, slot_order, per_expert = routing.dispatch_plan(expert_ids, self.n_experts)
             chunks = h_real.index_select(0, token_index).split(per_expert)
             busy = [e for e in range(self.n_experts) if per_expert[e] > 0]
-            results = await self.timed(EXPERTS, times, self.run_experts(busy, chunks, layer))
+            results = await self.timed(EXPERTS, times, gather_all(self.call_expert(e, chunks[e], layer) for e in busy))
             outputs = list(chunks)  # idle experts contribute their empty chunk
             for e, (out,) in zip(busy, results):
                 outputs[e] = out
             update = routing.combine(torch.cat(outputs), weights, slot_order)
-            x = routing.add_to_real_tokens(x, real, update)
+            start = 0
+            for i, ((x, _, _, _), g) in enumerate(zip(fronts, groups)):
+                n = g.real.shape[0]
+                xs[i] = routing.add_to_real_tokens(x, g.real, update[start : start + n])
+                start += n
             tokens.append(per_expert)
             if counts is not None:
-                text_of_token = torch.div(real, T, rounding_mode="floor")
+                text_of_token = torch.cat([g.text_of_token for g in groups])
                 flat = (text_of_token.unsqueeze(1) * self.n_experts + expert_ids).reshape(-1)
                 counts[:, l, :] = torch.bincount(flat, minlength=B * self.n_experts).view(B, self.n_experts)
-        (logits,) = await self.timed(
-            CLASSIFIER, times, self.call("classifier", [("INPUT__0", x), ("INPUT__1", mask)], ["OUTPUT__0"])
+        per_group = await self.timed(
+            CLASSIFIER,
+            times,
+            gather_all(
+                self.call("classifier", [("INPUT__0", x), ("INPUT__1", g.mask)], ["OUTPUT__0"])
+                for x, g in zip(xs, groups)
+            ),
         )
-        return logits, counts
+        if len(groups) == 1:
+            return per_group[0][0], counts
+        rows = torch.cat([g.rows for g in groups])
+        group_logits = torch.cat([logits for (logits,) in per_group])
+        return torch.empty_like(group_logits).index_copy_(0, rows, group_logits), counts
 
     async def execute(self, requests):
         started = time.perf_counter()
