@@ -71,8 +71,8 @@ class ExportOptions:
     full_model_instances: int | None = None
     length_group: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
-    # with as many instances of the embedding, attention, gating and classifier models: 2 on the
-    # CPU (both cores busy, and less padding), 1 on a GPU. None: by device.
+    # with as many instances of the attention and gating models: 2 on the CPU (both cores busy,
+    # and less padding), 1 on a GPU. None: by device.
     v1_groups: int | None = None
 
     def resolved(self) -> ExportOptions:
@@ -229,7 +229,9 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
             torch.jit.save(scripted[name], str(folder / "1" / "model.pt"))
         return folder
 
-    for name in ("embedding", "attention", "gating", "classifier"):
+    for name in ("embedding", "classifier"):  # a small share of v1's time: one instance
+        write_model(name, name)
+    for name in ("attention", "gating"):  # v1's length groups run through them side by side
         write_model(name, name, dict(instance_group=instance_group(opts, count=opts.v1_groups)))
     write_model("full_model", "full_model", dict(instance_group=instance_group(opts, count=opts.full_model_instances)))
     for e, name in enumerate(experts):
