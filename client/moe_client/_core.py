@@ -3,6 +3,7 @@ building a request and reading its answer. Nothing here does I/O."""
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -259,6 +260,8 @@ class ClientBase:
         self.url, self.protocol, self.workflow = url, protocol, workflow
         self.timeout, self.retries = timeout, retries
         grpc = protocol == "grpc"
+        # tritonclient.http or tritonclient.grpc: its InferInput and friends build the requests.
+        self._module = importlib.import_module("tritonclient.grpc" if grpc else "tritonclient.http")
         # HTTP clients take the timeout once, when made; gRPC calls take it each time.
         self._call_kwargs = {"client_timeout": timeout} if grpc else {}
         self._json = {"as_json": True} if grpc else {}

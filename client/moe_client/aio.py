@@ -41,11 +41,6 @@ class AsyncMoEClient(ClientBase):
         admin_key: str | None = None,
     ):
         super().__init__(url, protocol, workflow, timeout, retries, admin_key)
-        if protocol == "http":
-            import tritonclient.http as module
-        else:
-            import tritonclient.grpc as module
-        self._module = module
         self._client = None  # made in the event loop, at the first call
 
     async def classify(

@@ -46,14 +46,9 @@ class MoEClient(ClientBase):
     ):
         super().__init__(url, protocol, workflow, timeout, retries, admin_key)
         if protocol == "http":
-            import tritonclient.http as module
-
-            self._client = module.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+            self._client = self._module.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
         else:
-            import tritonclient.grpc as module
-
-            self._client = module.InferenceServerClient(url, channel_args=GRPC_CHANNEL_ARGS)
-        self._module = module
+            self._client = self._module.InferenceServerClient(url, channel_args=GRPC_CHANNEL_ARGS)
 
     def classify(
         self, text_or_texts: str | Iterable[str], workflow: str | None = None, return_routing: bool = False

@@ -56,16 +56,19 @@ class StepFailed(Exception):
 
 class Group:
     """Some rows of the batch, trimmed to their longest text: `rows` [n] (where they sit in the
-    batch), ids and mask [n, T'] on the CPU, `real` the flat positions of their real tokens and
-    `text_of_token` the batch row of each, on the instance's device."""
+    batch), ids and mask [n, T'] on the CPU, `real` the flat positions of their real tokens on
+    the instance's device (and `cpu_real` on the CPU)."""
 
     def __init__(self, rows, ids, mask, device):
-        T = max(1, int(mask.sum(1).max()))
-        self.rows = rows.to(device)
-        self.ids, self.mask = ids[rows, :T], mask[rows, :T]
-        real = routing.real_token_index(self.mask)
-        self.real = real.to(device)
-        self.text_of_token = rows.index_select(0, torch.div(real, T, rounding_mode="floor")).to(device)
+        self.T = max(1, int(mask.sum(1).max()))
+        self.rows = rows
+        self.ids, self.mask = ids[rows, : self.T], mask[rows, : self.T]
+        self.cpu_real = routing.real_token_index(self.mask)
+        self.real = self.cpu_real.to(device)
+
+    def text_of_token(self, device):
+        """The batch row of each real token (for the per-text expert counts)."""
+        return self.rows.index_select(0, torch.div(self.cpu_real, self.T, rounding_mode="floor")).to(device)
 
 
 def length_groups(ids, mask, groups: int, device) -> list:
@@ -305,11 +308,10 @@ class TritonPythonModel:
         real positions are found without waiting for a device."""
         B = ids.shape[0]
         groups = length_groups(ids, mask, self.groups, self.device)
-        counts = (
-            torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64, device=self.device)
-            if count_tokens
-            else None
-        )
+        counts = text_of_token = None
+        if count_tokens:
+            counts = torch.zeros(B, self.n_layers, self.n_experts, dtype=torch.int64, device=self.device)
+            text_of_token = torch.cat([g.text_of_token(self.device) for g in groups])
         xs = [None] * len(groups)
         for l in range(self.n_layers):
             layer = self.layer_tensors[l]
@@ -346,7 +348,6 @@ class TritonPythonModel:
                 start += n
             tokens.append(per_expert)
             if counts is not None:
-                text_of_token = torch.cat([g.text_of_token for g in groups])
                 flat = (text_of_token.unsqueeze(1) * self.n_experts + expert_ids).reshape(-1)
                 counts[:, l, :] = torch.bincount(flat, minlength=B * self.n_experts).view(B, self.n_experts)
         per_group = await self.timed(
@@ -359,7 +360,7 @@ class TritonPythonModel:
         )
         if len(groups) == 1:
             return per_group[0][0], counts
-        rows = torch.cat([g.rows for g in groups])
+        rows = torch.cat([g.rows for g in groups]).to(self.device)
         group_logits = torch.cat([logits for (logits,) in per_group])
         return torch.empty_like(group_logits).index_copy_(0, rows, group_logits), counts
 
