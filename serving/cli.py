@@ -51,6 +51,7 @@ def main():
 @click.option("--seed", type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--save-dtype", type=click.Choice(["float32", "float16"]))
+@click.option("--ema-decay", type=float, help="validate and save a moving average of the weights (e.g. 0.999)")
 @click.option(
     "--set",
     "overrides",

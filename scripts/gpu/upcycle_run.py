@@ -40,10 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-# name -> upcycling method, peak learning rate, and model settings over the small preset's
-# routing (8 experts, max_len 128, dropout 0.1, balance-loss weight 0.01). Slices keep the dense
-# model's parameter count (the candidates for the bundled checkpoint); copies are the accuracy
-# reference (8 FFN copies per layer: about 140 MB in fp16).
+# name -> upcycling method, training settings (peak learning rate; epochs and weight EMA where
+# they differ from the fine-tuning default) and model settings over the small preset's routing
+# (8 experts, max_len 128, dropout 0.1, balance-loss weight 0.01). Slices keep the dense model's
+# parameter count (the candidates for the bundled checkpoint); copies are the accuracy reference
+# (8 FFN copies per layer: about 140 MB in fp16).
 RUNS = {
     "copy": dict(upcycle="copy", lr=1e-4, top_k=2),
     "slice": dict(upcycle="slice", lr=1e-4, top_k=2),
@@ -52,10 +53,20 @@ RUNS = {
     "copy_lr5e-5": dict(upcycle="copy", lr=5e-5, top_k=2),
     "slice_top4_lr2e-4": dict(upcycle="slice", lr=2e-4, top_k=4),
     "slice_balance0.05": dict(upcycle="slice", lr=1e-4, top_k=2, balance_loss_weight=0.05),
+    "copy_ema": dict(upcycle="copy", lr=1e-4, ema_decay=0.999, top_k=2),
+    "copy_lr5e-5_ema": dict(upcycle="copy", lr=5e-5, ema_decay=0.999, top_k=2),
+    "slice_ema": dict(upcycle="slice", lr=1e-4, ema_decay=0.999, top_k=2),
+    "slice_lr2e-4_ema": dict(upcycle="slice", lr=2e-4, ema_decay=0.999, top_k=2),
+    "slice_lr2e-4_4ep_ema": dict(upcycle="slice", lr=2e-4, epochs=4, ema_decay=0.999, top_k=2),
+    "slice_5ep_ema": dict(upcycle="slice", lr=1e-4, epochs=5, ema_decay=0.999, top_k=2),
+    "slice_top4_ema": dict(upcycle="slice", lr=1e-4, ema_decay=0.999, top_k=4),
+    "slice_top4_lr2e-4_ema": dict(upcycle="slice", lr=2e-4, ema_decay=0.999, top_k=4),
 }
+TRAIN_SETTINGS = ("lr", "epochs", "ema_decay")
 # Runs sharing one GPU take turns on it: a step of this 6-layer MoE is ~3,000 small kernels,
 # and earlier sweeps of the 6-layer seed preset ran at ~30 ms a step per concurrent run. Three
-# runs of 3 epochs x 1,357 steps (batch 32) then fit the time limit, a fourth would not.
+# runs of 3 epochs x 1,357 steps (batch 32) then fit the time limit, a fourth would not. With
+# several GPUs, runs go to them in turn (run i on GPU i mod n).
 DEFAULT_RUNS = "copy,slice,slice_top4"
 WEIGHTS_BUDGET = 50_000_000  # bytes of fp16 weights for the bundled checkpoint
 PART_BYTES = 15 * 2**20  # files of at most 16 MiB come back from the machine
@@ -68,7 +79,7 @@ def run_settings(name: str, args):
     from moe.train import TRAIN_PRESETS, TrainConfig
 
     cfg = dataclasses.replace(preset("small"), **model_settings(name))
-    tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), lr=RUNS[name]["lr"])
+    tc = dataclasses.replace(TrainConfig(**TRAIN_PRESETS["upcycle"]), **train_settings(name))
     if args.dry_run:
         tc = dataclasses.replace(
             tc, max_train_rows=DRY_RUN["max_train_rows"], epochs=DRY_RUN["epochs"], batch_size=DRY_RUN["batch_size"]
@@ -80,13 +91,18 @@ def run_settings(name: str, args):
 
 
 def model_settings(name: str) -> dict:
-    return {k: v for k, v in RUNS[name].items() if k not in ("upcycle", "lr")}
+    return {k: v for k, v in RUNS[name].items() if k != "upcycle" and k not in TRAIN_SETTINGS}
+
+
+def train_settings(name: str) -> dict:
+    return {k: v for k, v in RUNS[name].items() if k in TRAIN_SETTINGS}
 
 
 def cli_command(name: str, args) -> str:
     """The same run as a `moe train` command line (the CLI's --init defaults are these)."""
     spec = RUNS[name]
-    options = "".join(f" --set {k}={v}" for k, v in model_settings(name).items())
+    options = "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in train_settings(name).items() if k != "lr")
+    options += "".join(f" --set {k}={v}" for k, v in model_settings(name).items())
     options += "".join(
         f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size") if getattr(args, o) is not None
     )
@@ -155,11 +171,24 @@ def unpack_data(trip: Path, work: Path) -> None:
             shutil.copyfileobj(src, dst)
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs runs may use, as CUDA_VISIBLE_DEVICES entries (none on a CPU machine)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return listed.split(",") if listed else [str(i) for i in range(torch.cuda.device_count())]
+
+
 def launch(names: list[str], args) -> dict[str, str]:
     """Start every run, wait until they end or the time limit; returns name -> status."""
     env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+    gpus = visible_gpus()
     procs = {}
-    for name in names:
+    for i, name in enumerate(names):
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
         command = [
             sys.executable,
             __file__,
@@ -248,7 +277,8 @@ def markdown(summary: dict) -> str:
         secs = " / ".join(f"{e['seconds']:.0f}" for e in r["epochs"])
         load = "–" if r["test_max_load_over_fair_share"] is None else f"{r['test_max_load_over_fair_share']:.2f}"
         size = "–" if r["weights_bytes"] is None else f"{r['weights_bytes'] / 1e6:.1f}"
-        settings = ", ".join(f"{k} {v}" for k, v in r["model_settings"].items())
+        extra = {k: v for k, v in RUNS[r["name"]].items() if k in TRAIN_SETTINGS and k != "lr"}
+        settings = ", ".join(f"{k} {v}" for k, v in {**r["model_settings"], **extra}.items())
         lines.append(
             f"| {r['name']} | {r['upcycle']} | {r['lr']:g} | {settings} | {r['status']} | {vals} | "
             f"{percent(r['best_val_accuracy'])} ({r['best_epoch']}) | {percent(r['test_accuracy'])} | "

@@ -157,3 +157,24 @@ def test_config_validation():
         MoEConfig(d_model=30, n_heads=4)
     with pytest.raises(ValueError, match="top_k"):
         MoEConfig(top_k=9, n_experts=8)
+
+
+def test_weight_average_follows_the_model_at_its_ramped_rate():
+    from moe.train import WeightAverage
+
+    torch.manual_seed(0)
+    model = MoEClassifier(CFG)
+    start = [p.detach().clone() for p in model.parameters()]
+    average = WeightAverage(model, decay=0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update()  # first step: decay (1 + 1) / (10 + 1), far below 0.999
+    kept = 2 / 11
+    for a, s in zip(average.model.parameters(), start):
+        torch.testing.assert_close(a, s + (1 - kept), rtol=0, atol=1e-6)
+    assert not any(p.requires_grad for p in average.model.parameters())
+    # The copy is its own model: changing it leaves the trained one alone.
+    with torch.no_grad():
+        next(average.model.parameters()).zero_()
+    assert next(model.parameters()).abs().sum() > 0
