@@ -87,6 +87,8 @@ def test_train_from_a_pretrained_bert_writes_an_upcycled_checkpoint(tmp_path, da
         1,
         "--max-train-rows",
         200,
+        "--ema-decay",
+        0.99,
     )
     assert r.returncode == 0, r.stderr
     assert "upcycled" in r.stdout and "post-norm" in r.stdout
@@ -94,6 +96,7 @@ def test_train_from_a_pretrained_bert_writes_an_upcycled_checkpoint(tmp_path, da
     assert metrics["upcycled_from"] == {"folder": str(bert), "method": "slice"}
     # With --init the training defaults are the fine-tuning schedule, fp16 weights included.
     assert metrics["train"]["lr"] == TRAIN_PRESETS["upcycle"]["lr"] and metrics["train"]["save_dtype"] == "float16"
+    assert metrics["train"]["ema_decay"] == 0.99
     model, path = load_checkpoint(out)
     cfg = model.cfg
     assert (cfg.norm_position, cfg.layer_norm_eps, cfg.d_model, cfg.n_experts, cfg.d_ff) == ("post", 1e-12, 32, 8, 8)
