@@ -74,6 +74,12 @@ class ExportOptions:
     # with as many instances of the attention and gating models: 2 on the CPU (both cores busy,
     # and less padding), 1 on a GPU. None: by device.
     v1_groups: int | None = None
+    # How the BLS reaches a layer's experts when all of them have tokens: "ensemble", one request
+    # to the `experts` ensemble that runs them inside the server, or "calls", one request per
+    # expert. "auto": the ensemble on the CPU, where each round trip through the BLS's Python
+    # costs more than the expert itself; calls on a GPU. Remote experts are always called one
+    # by one.
+    expert_fanout: str = "auto"
 
     def resolved(self) -> ExportOptions:
         on_cpu = self.device == "cpu"
@@ -82,6 +88,7 @@ class ExportOptions:
             full_model_instances=self.full_model_instances or (2 if on_cpu else 1),
             length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
             v1_groups=self.v1_groups or (2 if on_cpu else 1),
+            expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else ("ensemble" if on_cpu else "calls"),
         )
 
 
@@ -97,6 +104,29 @@ def sha256(path: Path) -> str:
 # re-specialises the graph for each new input shape it sees, and with texts of every length that
 # meant requests stalling for half a second at random.
 LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_value: "false" } }'
+
+
+def experts_ensemble(n_experts: int, d_model: int) -> dict:
+    """The `experts` ensemble's inputs, outputs and steps: one step per expert model."""
+
+    def tensor(name: str) -> str:
+        return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ -1, {d_model} ] }}'
+
+    step = """    {{
+      model_name: "expert_{e}"
+      model_version: -1
+      input_map {{ key: "INPUT__0" value: "H_{e}" }}
+      input_map {{ key: "INPUT__1" value: "LAYER" }}
+      output_map {{ key: "OUTPUT__0" value: "OUT_{e}" }}
+    }}"""
+    experts = range(n_experts)
+    return dict(
+        expert_inputs=",\n".join(
+            [*(tensor(f"H_{e}") for e in experts), '  { name: "LAYER" data_type: TYPE_INT64 dims: [ 1 ] }']
+        ),
+        expert_outputs=",\n".join(tensor(f"OUT_{e}") for e in experts),
+        expert_steps=",\n".join(step.format(e=e) for e in experts),
+    )
 
 
 def pbtxt_string(value: str) -> str:
@@ -167,6 +197,8 @@ def export_repository(
         raise MoEError(f"--device must be cpu or cuda, got {opts.device!r}")
     if opts.bls_device not in ("auto", "cpu"):
         raise MoEError(f"--bls-device must be auto or cpu, got {opts.bls_device!r}")
+    if opts.expert_fanout not in ("auto", "ensemble", "calls"):
+        raise MoEError(f"--expert-fanout must be auto, ensemble or calls, got {opts.expert_fanout!r}")
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
@@ -210,6 +242,8 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))),
         expert_models=",".join(experts),
         v1_groups=opts.v1_groups,
+        expert_fanout=opts.expert_fanout,
+        **experts_ensemble(cfg.n_experts, cfg.d_model),
         max_text_chars=cfg.max_len * 64,
         pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
         instance_group=instance_group(opts),
@@ -241,7 +275,7 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
     bls = write_model("moe_bls", "moe_bls")
     (bls / "1" / "moe_routing.py").write_bytes(ROUTING_SOURCE.read_bytes())
     write_model("postprocessing", "postprocessing")
-    for name in ("attention_gating", "embedding_attention_gating"):  # v1's chained pieces
+    for name in ("attention_gating", "embedding_attention_gating", "experts"):  # v1's chained pieces
         write_model(name, name)
     for name in ("moe_v1", "moe_v2"):
         folder = ensembles / name

@@ -149,6 +149,14 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     help="v2 runs texts sorted by length in groups of this many (0: one group; default: 16 on the CPU, 0 on a GPU)",
 )
 @click.option(
+    "--expert-fanout",
+    type=click.Choice(["auto", "ensemble", "calls"]),
+    default="auto",
+    show_default=True,
+    help="how v1 reaches a layer's experts when all have tokens: one request to the experts "
+    "ensemble, or one per expert (auto: ensemble on the CPU, calls on a GPU)",
+)
+@click.option(
     "--v1-groups",
     type=click.IntRange(min=1),
     help="v1 runs each batch as this many length-sorted groups at once (default: 2 on the CPU, 1 on a GPU)",
@@ -178,6 +186,7 @@ def export_(
     full_model_instances,
     length_group,
     v1_groups,
+    expert_fanout,
     max_batch_size,
     max_queue_size,
     queue_timeout_ms,
@@ -196,6 +205,7 @@ def export_(
         full_model_instances=full_model_instances,
         length_group=length_group,
         v1_groups=v1_groups,
+        expert_fanout=expert_fanout,
         max_batch_size=max_batch_size,
         max_queue_size=max_queue_size,
         queue_timeout_us=queue_timeout_ms * 1000,

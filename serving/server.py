@@ -260,8 +260,9 @@ class TritonServer:
         roots = repositories(self.opts.repository)
         keep = self.opts.models
         if keep is None and self.opts.experts_at:
-            # Experts live on the other servers: serve everything else here.
-            keep = [m.name for r in roots for m in r.iterdir() if not m.name.startswith("expert_")]
+            # Experts live on the other servers: serve everything else here, except the ensemble
+            # that runs local experts (the BLS calls remote ones one by one).
+            keep = [m.name for r in roots for m in r.iterdir() if not m.name.startswith(("expert_", "experts"))]
         if keep is None:
             return [f"--model-repository={r}" for r in roots]
         # A view of the repository with only the chosen models (symbolic links, nothing copied).

@@ -28,6 +28,12 @@ def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
         assert "count: 2 kind: KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text(), name
     for name in ("embedding", "classifier", "expert_0"):
         assert "count: 1 kind: KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text(), name
+    # A layer whose experts all have tokens reaches them through one ensemble of every expert.
+    bls = (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    assert 'key: "expert_fanout" value: { string_value: "ensemble" }' in bls
+    experts = (out / "model_repository" / "experts" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in experts
+    assert [f'model_name: "expert_{e}"' in experts for e in range(8)] == [True] * 8
 
 
 def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
@@ -42,6 +48,10 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
     )
     assert (
         'key: "groups" value: { string_value: "1" }'
+        in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    )
+    assert (
+        'key: "expert_fanout" value: { string_value: "calls" }'
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
     # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.

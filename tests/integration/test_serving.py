@@ -30,6 +30,7 @@ MODELS = [
     "classifier",
     "attention_gating",
     "embedding_attention_gating",
+    "experts",
     "moe_bls",
     "full_model",
     "postprocessing",
@@ -116,6 +117,25 @@ def test_idle_experts_are_not_called(http):
     assert busy_layers.sum() < counts.shape[0] * counts.shape[1]
     for e in range(8):
         assert after[e] - before[e] == busy_layers[e], f"expert_{e}"
+
+
+def test_a_layer_with_every_expert_busy_runs_them_as_one_ensemble(http, data_dir):
+    """On the CPU the BLS reaches a layer's experts through the experts ensemble when all have
+    tokens (one round trip), and calls the busy ones one by one otherwise."""
+
+    def executions(model):
+        return http.get_inference_statistics(model)["model_stats"][0]["execution_count"]
+
+    texts = load_split(data_dir, "test").texts[:16]
+    before = executions("experts"), expert_executions(http)
+    counts = classify(http, "moe_v1", texts, routing=True)["EXPERT_TOKENS"]
+    after = executions("experts"), expert_executions(http)
+    layers = counts.sum(axis=0)  # [L, E] tokens per layer and expert
+    full_layers = int((layers > 0).all(axis=1).sum())
+    assert full_layers > 0, "16 texts should keep every expert busy in some layer"
+    assert after[0] - before[0] == full_layers
+    for e in range(8):
+        assert after[1][e] - before[1][e] == int((layers[:, e] > 0).sum()), f"expert_{e}"
 
 
 def test_expert_tokens_only_when_asked(http):

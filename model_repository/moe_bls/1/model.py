@@ -2,15 +2,17 @@
 
     layer 0:  embedding_attention_gating   (embedding -> attention -> gating, one ensemble)
     layer l:  attention_gating             (attention -> gating, one ensemble)
-              then the busy experts, concurrently, each with only its own tokens,
-              and the weighted combine
+              then the busy experts, concurrently, each with only its own tokens
+              (the experts ensemble when every expert is busy), and the weighted combine
     then:     classifier
 
 The pieces that follow each other without Python in between run as ensembles inside the server,
-so each layer costs this model two round trips: one for attention and routing, one (concurrent)
-for its experts. Grouping tokens by expert and adding the weighted outputs back use
-moe_routing.py, a copy of the package's moe/routing.py made by `moe export`: the same code the
-eager model runs.
+so each layer costs this model two round trips when all its experts have tokens: one for
+attention and routing, one for the `experts` ensemble, which runs every expert concurrently
+inside the server (`moe export --expert-fanout`: the default on the CPU). Otherwise, on a GPU,
+and for remote experts, each busy expert is one request of its own, all in flight at once.
+Grouping tokens by expert and adding the weighted outputs back use moe_routing.py, a copy of the
+package's moe/routing.py made by `moe export`: the same code the eager model runs.
 
 A batch runs as `groups` groups of texts sorted by length, each trimmed to its own longest
 text and sent through the attention pieces concurrently (`moe export --v1-groups`; 2 on the
@@ -243,6 +245,9 @@ class TritonPythonModel:
         assert len(self.experts) == self.n_experts, "one expert model per expert"
         self.pad_id = int(p.get("pad_id", "0"))
         self.groups = int(p.get("groups", "1"))
+        self.fanout_ensemble = p.get("expert_fanout", "calls") == "ensemble"
+        self.ensemble_inputs = [f"H_{e}" for e in range(self.n_experts)]
+        self.ensemble_outputs = [f"OUT_{e}" for e in range(self.n_experts)]
         torch.set_num_threads(int(p.get("INTRA_OP_THREAD_COUNT", "1")))
         if args["model_instance_kind"] == "GPU":
             self.device = torch.device("cuda", int(args["model_instance_device_id"]))
@@ -290,6 +295,13 @@ class TritonPythonModel:
             torch.cuda.current_stream(tensor.device).synchronize()
         return moved
 
+    async def run_experts(self, chunks, busy: list, layer) -> list:
+        """Each busy expert's output for its chunk of tokens, in the order of `busy`."""
+        if self.fanout_ensemble and self.remote is None and len(busy) == self.n_experts:
+            inputs = [*zip(self.ensemble_inputs, chunks), ("LAYER", layer)]
+            return await self.call("experts", inputs, self.ensemble_outputs)
+        return [out for (out,) in await gather_all(self.call_expert(e, chunks[e], layer) for e in busy)]
+
     async def call_expert(self, e: int, h, layer):
         if self.remote is not None:
             return [self.here(t) for t in await self.remote.call(self.experts[e], [h, layer])]
@@ -336,9 +348,9 @@ class TritonPythonModel:
             token_index, slot_order, per_expert = routing.dispatch_plan(expert_ids, self.n_experts)
             chunks = h_real.index_select(0, token_index).split(per_expert)
             busy = [e for e in range(self.n_experts) if per_expert[e] > 0]
-            results = await self.timed(EXPERTS, times, gather_all(self.call_expert(e, chunks[e], layer) for e in busy))
+            results = await self.timed(EXPERTS, times, self.run_experts(chunks, busy, layer))
             outputs = list(chunks)  # idle experts contribute their empty chunk
-            for e, (out,) in zip(busy, results):
+            for e, out in zip(busy, results):
                 outputs[e] = out
             update = routing.combine(torch.cat(outputs), weights, slot_order)
             start = 0
