@@ -102,7 +102,10 @@ def train_settings(name: str) -> dict:
 def cli_command(name: str, args) -> str:
     """The same run as a `moe train` command line (the CLI's --init defaults are these)."""
     spec = RUNS[name]
-    options = "".join(f" --{k.replace('_', '-')} {v:g}" for k, v in train_settings(name).items() if k != "lr")
+    overridden = {o for o in ("epochs", "batch_size") if getattr(args, o) is not None}
+    options = "".join(
+        f" --{k.replace('_', '-')} {v:g}" for k, v in train_settings(name).items() if k not in ("lr", *overridden)
+    )
     options += "".join(f" --set {k}={v}" for k, v in model_settings(name).items())
     options += "".join(
         f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size") if getattr(args, o) is not None

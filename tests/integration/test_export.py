@@ -54,6 +54,7 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         'key: "expert_fanout" value: { string_value: "calls" }'
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
+    assert not (out / "model_repository" / "experts").exists()
     # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.
     assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     for name in ("tokenizer", "postprocessing"):

@@ -245,7 +245,6 @@ class TritonPythonModel:
         assert len(self.experts) == self.n_experts, "one expert model per expert"
         self.pad_id = int(p.get("pad_id", "0"))
         self.groups = int(p.get("groups", "1"))
-        self.fanout_ensemble = p.get("expert_fanout", "calls") == "ensemble"
         self.ensemble_inputs = [f"H_{e}" for e in range(self.n_experts)]
         self.ensemble_outputs = [f"OUT_{e}" for e in range(self.n_experts)]
         torch.set_num_threads(int(p.get("INTRA_OP_THREAD_COUNT", "1")))
@@ -265,6 +264,8 @@ class TritonPythonModel:
             RemoteExperts(endpoints, self.experts, float(p.get("remote_timeout_s", "30"))) if endpoints else None
         )
         self.counters = Counters(self.n_layers, self.n_experts)
+        # Remote experts are called one by one: the experts ensemble runs local ones.
+        self.experts_ensemble = p.get("expert_fanout", "calls") == "ensemble" and self.remote is None
 
     async def call(self, model: str, inputs: list, outputs: list) -> list:
         """Run `model` on (name, tensor) inputs; its outputs as tensors on this instance's device."""
@@ -297,7 +298,7 @@ class TritonPythonModel:
 
     async def run_experts(self, chunks, busy: list, layer) -> list:
         """Each busy expert's output for its chunk of tokens, in the order of `busy`."""
-        if self.fanout_ensemble and self.remote is None and len(busy) == self.n_experts:
+        if self.experts_ensemble and len(busy) == self.n_experts:
             inputs = [*zip(self.ensemble_inputs, chunks), ("LAYER", layer)]
             return await self.call("experts", inputs, self.ensemble_outputs)
         return [out for (out,) in await gather_all(self.call_expert(e, chunks[e], layer) for e in busy)]
