@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.request
+from collections import Counter
 
 STAT_KINDS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})?\s+(\S+)")
@@ -18,11 +19,19 @@ def http_json(url: str, timeout: float = 10.0):
 
 
 def model_stats(http_url: str) -> dict:
-    """Model name -> cumulative ns and counts of Triton's inference statistics."""
+    """Model name -> cumulative ns and counts of Triton's inference statistics.
+
+    A request's compute time in Triton's inference statistics is its whole batch's, so for a
+    model that batches requests they add up to more than the model ran. The model's own busy
+    time (`busy_ns`) is the sum over its executions, from the batch statistics."""
     out: dict = {}
     for m in http_json(f"http://{http_url}/v2/models/stats").get("model_stats", []):
         s = m.get("inference_stats", {})
         row = {f"{k}_ns": int(s.get(k, {}).get("ns", 0)) for k in STAT_KINDS}
+        batches = m.get("batch_stats") or []
+        row["busy_ns"] = (
+            sum(int(b.get("compute_infer", {}).get("ns", 0)) for b in batches) if batches else row["compute_infer_ns"]
+        )
         row.update(
             success_count=int(s.get("success", {}).get("count", 0)),
             execution_count=int(m.get("execution_count", 0)),
@@ -63,12 +72,13 @@ def breakdown(stats: dict, metrics: dict | None, n_requests: int) -> dict:
         models[name] = dict(
             executions=row["execution_count"],
             inferences=row["inference_count"],
-            compute_infer_ms_per_request=round(row["compute_infer_ns"] / 1e6 / per_request, 4),
+            # Shared out over the level's requests: what the model cost each of them.
+            compute_infer_ms_per_request=round(row["busy_ns"] / 1e6 / per_request, 4),
             compute_io_ms_per_request=round(
                 (row["compute_input_ns"] + row["compute_output_ns"]) / 1e6 / per_request, 4
             ),
             queue_ms_per_request=round(row["queue_ns"] / 1e6 / per_request, 4),
-            compute_infer_ms_per_execution=round(row["compute_infer_ns"] / 1e6 / executions, 4),
+            compute_infer_ms_per_execution=round(row["busy_ns"] / 1e6 / executions, 4),
             mean_batch=round(row["inference_count"] / executions, 2),
         )
     result: dict = dict(models=models)
@@ -96,16 +106,28 @@ def stage_table(bd: dict, stage_models: dict[str, list[str]]) -> list[dict]:
     stage -> the models it calls, in pipeline order (tokenizer first, post-processing last)."""
     models, bls = bd["models"], bd.get("bls") or {}
     walls = bls.get("stage_ms_per_request", {})
+    stages_of = Counter(n for names in stage_models.values() for n in names)
 
-    def total(names, key):
-        return round(sum(models.get(n, {}).get(key, 0.0) for n in names), 4) if names else None
+    def share(stage: str, name: str) -> float:
+        """attention and gating serve two stages: the first layer's call, which also runs the
+        embedding once, and every later layer's. Their time is split by executions."""
+        if stages_of[name] <= 1:
+            return 1.0
+        executions = models.get(name, {}).get("executions", 0)
+        first = min(models.get("embedding", {}).get("executions", 0) / executions, 1.0) if executions else 0.0
+        return first if "embedding" in stage_models[stage] else 1.0 - first
+
+    def total(stage, names, key):
+        if not names:
+            return None
+        return round(sum(models.get(n, {}).get(key, 0.0) * share(stage, n) for n in names), 4)
 
     rows = [
         dict(
             stage=stage,
             bls_wall_ms=walls.get(stage),
-            triton_compute_ms=total(names, "compute_infer_ms_per_request"),
-            triton_queue_ms=total(names, "queue_ms_per_request"),
+            triton_compute_ms=total(stage, names, "compute_infer_ms_per_request"),
+            triton_queue_ms=total(stage, names, "queue_ms_per_request"),
         )
         for stage, names in stage_models.items()
     ]

@@ -74,11 +74,11 @@ class ExportOptions:
     # with as many instances of the attention and gating models: 2 on the CPU (both cores busy,
     # and less padding), 1 on a GPU. None: by device.
     v1_groups: int | None = None
-    # How the BLS reaches a layer's experts when all of them have tokens (most layers of a batch
-    # of several texts): "ensemble", one request to the `experts` ensemble that runs them inside
-    # the server, or "calls", one request per expert. "auto": the ensemble on the CPU, where it
-    # measured less BLS CPU per text under load; calls on a GPU, where it was never measured.
-    # Remote experts are always called one by one.
+    # How the BLS reaches a layer's experts: "ensemble", one request to the `experts` ensemble
+    # that runs all of them inside the server (an idle expert on its empty chunk), or "calls",
+    # one request per busy expert. "auto": the ensemble on the CPU, where it measured lower
+    # latency at concurrency 1 and less BLS CPU per text under load (docs/benchmarks.md); calls
+    # on a GPU, where it was never measured. Remote experts are always called one by one.
     expert_fanout: str = "auto"
 
     def resolved(self) -> ExportOptions:

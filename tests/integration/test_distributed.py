@@ -81,6 +81,24 @@ def test_v1_over_remote_experts_equals_v2(cluster):
     assert executions["first"] > 0 and executions["second"] > 0
 
 
+def test_idle_remote_experts_are_not_called(cluster):
+    """Remote experts are called one by one, and only those a layer routes tokens to."""
+    front = grpcclient.InferenceServerClient(cluster["front"].grpc_url)
+    remote = {e: grpcclient.InferenceServerClient(cluster["first" if e < 4 else "second"].grpc_url) for e in range(8)}
+
+    def executions():
+        return {e: c.get_inference_statistics(f"expert_{e}").model_stats[0].execution_count for e, c in remote.items()}
+
+    before = executions()
+    counts = classify(front, "moe_v1", ["Oil"], routing=True, module=grpcclient)["EXPERT_TOKENS"][0]
+    after = executions()
+    # "[CLS] oil": 2 tokens x top-2 = 4 slots per layer, so most experts are idle each layer.
+    busy_layers = (counts > 0).sum(axis=0)
+    assert busy_layers.sum() < counts.shape[0] * counts.shape[1]
+    for e in range(8):
+        assert after[e] - before[e] == busy_layers[e], f"expert_{e}"
+
+
 def test_a_stopped_expert_server_fails_v1_fast_and_v1_recovers(cluster, tiny_repository):
     client = grpcclient.InferenceServerClient(cluster["front"].grpc_url)
     second = cluster["second"]

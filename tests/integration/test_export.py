@@ -28,7 +28,7 @@ def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
         assert "count: 2 kind: KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text(), name
     for name in ("embedding", "classifier", "expert_0"):
         assert "count: 1 kind: KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text(), name
-    # A layer whose experts all have tokens reaches them through one ensemble of every expert.
+    # On the CPU every layer reaches its experts through one ensemble of every expert.
     bls = (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     assert 'key: "expert_fanout" value: { string_value: "ensemble" }' in bls
     experts = (out / "model_repository" / "experts" / "config.pbtxt").read_text()

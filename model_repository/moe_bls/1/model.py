@@ -2,15 +2,16 @@
 
     layer 0:  embedding_attention_gating   (embedding -> attention -> gating, one ensemble)
     layer l:  attention_gating             (attention -> gating, one ensemble)
-              then the busy experts, concurrently, each with only its own tokens
-              (the experts ensemble when every expert is busy), and the weighted combine
+              then the experts, concurrently, each with only its own tokens
+              (through the experts ensemble on the CPU), and the weighted combine
     then:     classifier
 
 The pieces that follow each other without Python in between run as ensembles inside the server,
-so each layer costs this model two round trips when all its experts have tokens: one for
-attention and routing, one for the `experts` ensemble, which runs every expert concurrently
-inside the server (`moe export --expert-fanout`: the default on the CPU). Otherwise, on a GPU,
-and for remote experts, each busy expert is one request of its own, all in flight at once.
+so each layer costs this model two round trips: one for attention and routing, one for the
+`experts` ensemble, which runs every expert concurrently inside the server, an idle one on its
+empty chunk (`moe export --expert-fanout`: the default on the CPU). On a GPU, and for remote
+experts, each busy expert is one request of its own, all in flight at once, and idle experts
+are not called.
 Grouping tokens by expert and adding the weighted outputs back use moe_routing.py, a copy of the
 package's moe/routing.py made by `moe export`: the same code the eager model runs.
 
@@ -296,12 +297,16 @@ class TritonPythonModel:
             torch.cuda.current_stream(tensor.device).synchronize()
         return moved
 
-    async def run_experts(self, chunks, busy: list, layer) -> list:
-        """Each busy expert's output for its chunk of tokens, in the order of `busy`."""
-        if self.experts_ensemble and len(busy) == self.n_experts:
+    async def run_experts(self, chunks, layer) -> list:
+        """Every expert's output for its chunk of tokens; an idle expert's is its empty chunk."""
+        if self.experts_ensemble:
             inputs = [*zip(self.ensemble_inputs, chunks), ("LAYER", layer)]
             return await self.call("experts", inputs, self.ensemble_outputs)
-        return [out for (out,) in await gather_all(self.call_expert(e, chunks[e], layer) for e in busy)]
+        outputs = list(chunks)
+        busy = [e for e, chunk in enumerate(chunks) if chunk.shape[0] > 0]
+        for e, (out,) in zip(busy, await gather_all(self.call_expert(e, chunks[e], layer) for e in busy)):
+            outputs[e] = out
+        return outputs
 
     async def call_expert(self, e: int, h, layer):
         if self.remote is not None:
@@ -348,11 +353,7 @@ class TritonPythonModel:
             # which experts to call and how to split the tokens.
             token_index, slot_order, per_expert = routing.dispatch_plan(expert_ids, self.n_experts)
             chunks = h_real.index_select(0, token_index).split(per_expert)
-            busy = [e for e in range(self.n_experts) if per_expert[e] > 0]
-            results = await self.timed(EXPERTS, times, self.run_experts(chunks, busy, layer))
-            outputs = list(chunks)  # idle experts contribute their empty chunk
-            for e, out in zip(busy, results):
-                outputs[e] = out
+            outputs = await self.timed(EXPERTS, times, self.run_experts(chunks, layer))
             update = routing.combine(torch.cat(outputs), weights, slot_order)
             start = 0
             for i, ((x, _, _, _), g) in enumerate(zip(fronts, groups)):
