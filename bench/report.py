@@ -42,7 +42,9 @@ def markdown(result: dict) -> str:
                 f"| {name} | {size} | 1 | {s['throughput']:.1f} | {_fmt(s['p50_ms'])} | "
                 f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 |"
             )
-        for lv in (lv for lv in result["levels"] if lv["batch_size"] == b):
+        for lv in sorted(
+            (lv for lv in result["levels"] if lv["batch_size"] == b), key=lambda lv: (lv["workflow"], lv["concurrency"])
+        ):
             lines.append(
                 f"| {lv['workflow']} | {b} | {lv['concurrency']} | {lv['throughput']:.1f} | "
                 f"{_fmt(lv['p50_ms'])} | {_fmt(lv['p95_ms'])} | {_fmt(lv['p99_ms'])} | {lv['errors']} | "

@@ -5,8 +5,8 @@ One run measures, on one machine and against one running server:
     clients send, and the eager model on batches of `batched_baseline` texts, the most one Python
     process gets from this model here; each runs before and after the served levels and the
     faster run is the one the ratios use (the stricter comparison for the server);
-  * for each batch size, workflow and concurrency level, a closed loop (bench/load.py), every
-    answer compared with the eager label;
+  * for each batch size, concurrency level and workflow (the workflows taking turns at each
+    level), a closed loop (bench/load.py), every answer compared with the eager label;
   * what the caller knows of the server: the time from launch to all models ready, its memory
     (sampled every second while the levels run; the peak is kept);
   * where v1's time goes: Triton's per-model statistics and the BLS's stage counters.
@@ -247,8 +247,11 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         async with AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0) as client:
             for b, plan in plans.items():
                 want = baselines[b]["per_request"].answers
-                for workflow in opts.workflows:
-                    for c in opts.concurrency:
+                # Workflows take turns at each concurrency, so that the two levels a ratio compares
+                # run minutes apart at most, not a whole workflow's levels apart: this machine's
+                # speed drifts.
+                for c in opts.concurrency:
+                    for workflow in opts.workflows:
                         bar.set_postfix_str(f"{workflow}, batch {b}, C={c}")
                         n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
                         await closed_loop(
