@@ -26,6 +26,7 @@ class LoadResult:
     error_latencies_ms: list = field(default_factory=list)  # rejected or failed requests
     errors: dict = field(default_factory=dict)  # first line of the message -> count
     answers: list = field(default_factory=list)  # labels per request; None if it failed
+    untimed: int = 0  # requests sent to keep the workers busy (closed_loop's keep_busy)
 
     def wrong_answers(self, plan: list[Request], label_of: dict[str, str]) -> int:
         """Answers that differ from `label_of[text]` (a missing or extra label counts too)."""
@@ -43,6 +44,7 @@ class LoadResult:
         return dict(
             requests=self.requests,
             texts=self.texts,
+            untimed=self.untimed,
             seconds=round(self.seconds, 3),
             throughput=round(answered / max(self.seconds, 1e-9), 2),
             p50_ms=pct(self.latencies_ms, 50),
@@ -55,33 +57,51 @@ class LoadResult:
         )
 
 
-async def closed_loop(client, plan: list[Request], concurrency: int, progress=None) -> LoadResult:
+async def closed_loop(
+    client, plan: list[Request], concurrency: int, progress=None, keep_busy: list[Request] | None = None
+) -> LoadResult:
     """Send every request of `plan` through `client` (an AsyncMoEClient) from `concurrency`
-    workers; the result keeps the answers in plan order."""
+    workers; the result keeps the answers in plan order.
+
+    With `keep_busy`, a worker that finds the plan taken sends these (in turn, untimed, their
+    answers and errors not kept) until the plan's last answer has arrived, so the timed window
+    ends with every worker still busy. Without it the load drains away at the end, which, with a
+    few requests per worker, understates the throughput that concurrency sustains."""
     result = LoadResult(requests=len(plan), texts=sum(len(t) for _, t in plan), answers=[None] * len(plan))
-    next_request = 0
+    next_request, unanswered, next_extra = 0, len(plan), 0
+    started = finished = time.perf_counter()
 
     async def worker():
-        nonlocal next_request
-        while next_request < len(plan):
+        nonlocal next_request, unanswered, next_extra, finished
+        while next_request < len(plan) or (keep_busy and unanswered > 0):
+            if next_request >= len(plan):
+                workflow, texts = keep_busy[next_extra % len(keep_busy)]
+                next_extra += 1
+                result.untimed += 1
+                try:
+                    await client.classify(texts, workflow=workflow)
+                except Exception:  # noqa: BLE001 - background load: the timed requests report errors
+                    pass
+                continue
             i, next_request = next_request, next_request + 1
             workflow, texts = plan[i]
-            started = time.perf_counter()
+            sent = time.perf_counter()
             try:
                 predictions = await client.classify(texts, workflow=workflow)
             except Exception as e:  # noqa: BLE001 - counted and reported, never swallowed
-                result.error_latencies_ms.append((time.perf_counter() - started) * 1e3)
+                result.error_latencies_ms.append((time.perf_counter() - sent) * 1e3)
                 key = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
                 result.errors[key] = result.errors.get(key, 0) + 1
             else:
-                result.latencies_ms.append((time.perf_counter() - started) * 1e3)
+                result.latencies_ms.append((time.perf_counter() - sent) * 1e3)
                 result.answers[i] = [p.label for p in predictions]
+            unanswered -= 1
+            finished = time.perf_counter()
             if progress is not None:
                 progress(1)
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    result.seconds = time.perf_counter() - started
+    result.seconds = finished - started
     return result
 
 

@@ -63,7 +63,7 @@ class BenchOptions:
     workflows: list[str] = field(default_factory=lambda: ["v1", "v2"])
     concurrency: list[int] = field(default_factory=lambda: [1, 16, 64])
     batch_sizes: list[int] = field(default_factory=lambda: [1])  # texts per request
-    requests: int = 300  # timed requests per level
+    requests: int | None = None  # timed requests per level (None: 300, and at least 20 per worker)
     warmup: int | None = None  # untimed requests before each level (None: max(16, 2C))
     batched_baseline: int = 16  # texts per batch of the batched in-process baseline; 0: none
     protocol: str = "http"
@@ -188,6 +188,13 @@ def stage_models(stages: list[str], models: list[str]) -> dict[str, list[str]]:
     return table
 
 
+def level_requests(opts: BenchOptions, concurrency: int) -> int:
+    """Timed requests of a level: as asked, or 300 and at least 20 per worker, so that each level
+    runs long enough for a rate that repeats (on this 2-core machine, 300 requests at concurrency
+    64 took under a second of v2)."""
+    return opts.requests if opts.requests is not None else max(300, 20 * concurrency)
+
+
 def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
@@ -197,7 +204,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
         raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
-    if opts.requests < 1 or min(opts.batch_sizes, default=0) < 1 or min(opts.concurrency, default=0) < 1:
+    if (opts.requests or 1) < 1 or min(opts.batch_sizes, default=0) < 1 or min(opts.concurrency, default=0) < 1:
         raise MoEError("--requests, every --batch-size and every --concurrency must be >= 1")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -219,20 +226,21 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
     if not texts:
         raise MoEError(f"no test texts in {opts.data}")
     eager = EagerModel(opts.checkpoint, opts.device)
+    most = max(level_requests(opts, c) for c in opts.concurrency)
     batched = (
         batches(
             texts,
             opts.batched_baseline,
             # As many texts as the largest level sends, and at least a thousand: enough seconds
             # of work for a stable rate.
-            max(opts.requests * max(opts.batch_sizes), 1024) // max(opts.batched_baseline, 1),
+            max(most * max(opts.batch_sizes), 1024) // max(opts.batched_baseline, 1),
         )
         if opts.batched_baseline
         else None
     )
-    plans = {b: batches(texts, b, opts.requests) for b in opts.batch_sizes}
-    n_levels = len(opts.batch_sizes) * len(opts.workflows) * len(opts.concurrency)
-    total = 2 * sum(len(p) for p in plans.values()) + 2 * len(batched or []) + n_levels * opts.requests
+    plans = {b: batches(texts, b, most) for b in opts.batch_sizes}
+    served = len(opts.batch_sizes) * len(opts.workflows) * sum(level_requests(opts, c) for c in opts.concurrency)
+    total = 2 * sum(len(p) for p in plans.values()) + 2 * len(batched or []) + served
     bar = tqdm(total=total, desc="bench", unit="req", disable=not opts.progress)
 
     baselines = {}
@@ -254,15 +262,15 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                     for workflow in opts.workflows:
                         bar.set_postfix_str(f"{workflow}, batch {b}, C={c}")
                         n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
-                        await closed_loop(
-                            client, [(workflow, t) for t in batches(texts, b, n_warm, start=opts.requests)], c
-                        )
+                        untimed = [(workflow, t) for t in batches(texts, b, max(n_warm, c), start=most)]
+                        await closed_loop(client, untimed[:n_warm], c)
                         s0, m0 = (
                             _try(triton_stats.model_stats, endpoint.http_url),
                             _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
                         )
                         load0 = load_average()
-                        run = await closed_loop(client, [(workflow, t) for t in plan], c, progress=bar.update)
+                        timed = [(workflow, t) for t in plan[: level_requests(opts, c)]]
+                        run = await closed_loop(client, timed, c, progress=bar.update, keep_busy=untimed)
                         s1, m1 = (
                             _try(triton_stats.model_stats, endpoint.http_url),
                             _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
@@ -283,7 +291,12 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                                 if workflow == "v1" and m0 is not None and m1 is not None
                                 else None
                             )
-                            level["breakdown"] = triton_stats.breakdown(triton_stats.delta(s1, s0), md, len(plan))
+                            level["breakdown"] = triton_stats.breakdown(
+                                # The server's counts include the requests that kept the workers busy.
+                                triton_stats.delta(s1, s0),
+                                md,
+                                len(timed) + run.untimed,
+                            )
                             if workflow == "v1" and level["breakdown"].get("bls"):
                                 stages = list(level["breakdown"]["bls"]["stage_ms_per_request"])
                                 level["stages"] = triton_stats.stage_table(

@@ -52,8 +52,11 @@ def main() -> None:
     ).start()
 
     async def load(n: int):
+        busy = [(args.workflow, t) for t in batches(texts, 1, args.concurrency, start=n)]
         async with AsyncMoEClient(server.http_url, retries=0) as client:
-            return await closed_loop(client, [(args.workflow, t) for t in batches(texts, 1, n)], args.concurrency)
+            return await closed_loop(
+                client, [(args.workflow, t) for t in batches(texts, 1, n)], args.concurrency, keep_busy=busy
+            )
 
     try:
         asyncio.run(load(args.warmup))

@@ -531,7 +531,9 @@ def int_list(value: str) -> list[int]:
     show_default=True,
     help="texts per request, one or more (e.g. 1,32); each runs every level",
 )
-@click.option("--requests", default=300, show_default=True, help="timed requests per level")
+@click.option(
+    "--requests", type=int, default=None, help="timed requests per level (default: 300, and at least 20 per worker)"
+)
 @click.option(
     "--batched-baseline",
     default=16,

@@ -32,18 +32,21 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
     assert one["per_request"]["throughput"] > 0 and one["per_request"]["texts"] == 6
     assert three["per_request"]["texts"] == 18 and "batched" not in three
     assert one["batched"]["throughput"] > 0 and len(one["batched"]["runs"]) == 2
+    # The workflows take turns at each concurrency.
     assert [(lv["workflow"], lv["batch_size"], lv["concurrency"]) for lv in saved["levels"]] == [
         ("v1", 1, 1),
-        ("v1", 1, 4),
         ("v2", 1, 1),
+        ("v1", 1, 4),
         ("v2", 1, 4),
         ("v1", 3, 1),
-        ("v1", 3, 4),
         ("v2", 3, 1),
+        ("v1", 3, 4),
         ("v2", 3, 4),
     ]
     for level in saved["levels"]:
         assert level["errors"] == 0 and level["requests"] == 6
+        if level["concurrency"] == 1:
+            assert level["untimed"] == 0, "a lone worker never waits for another's answer"
         assert level["texts"] == 6 * level["batch_size"]
         assert level["throughput"] > 0
         assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
