@@ -20,7 +20,8 @@ def markdown(result: dict) -> str:
     lines = [
         f"Machine: {m['cpu_model']}, {m['cores']} cores{gpus}, torch {m['torch']}; "
         f"Triton {server.get('triton_version')}; protocol {opts['protocol']}, "
-        f"{opts['requests']} timed requests per level; in-process baselines on {opts['device']}; "
+        f"{opts['requests'] or '300 (at least 20 per worker)'} timed requests per level; "
+        f"in-process baselines on {opts['device']}; "
         f"load average at start {result['load_average_start']}, at end {result.get('load_average_end')}.",
         "",
     ]
