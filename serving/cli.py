@@ -632,6 +632,7 @@ def bench(
                 metrics_url=server.metrics_url,
                 cold_start_s=round(cold, 2),
                 memory=server.memory,
+                rss_mb=server.rss_mb,
                 facts=dict(
                     repository=str(repository),
                     torch_threads=torch_threads,

@@ -19,7 +19,11 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
         progress=False,
     )
     endpoint = Endpoint(
-        url=server.http_url, http_url=server.http_url, metrics_url=server.metrics_url, memory=server.memory
+        url=server.http_url,
+        http_url=server.http_url,
+        metrics_url=server.metrics_url,
+        memory=server.memory,
+        rss_mb=server.rss_mb,
     )
     result = run_bench(opts, endpoint, log=lambda *_: None, command="pytest")
     saved = json.loads((tmp_path / "bench.json").read_text())
@@ -28,6 +32,8 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
     assert all((tmp_path / f).stat().st_size > 0 for f in saved["files"])
 
     assert saved["machine"]["cores"] >= 1 and saved["machine"]["cpu_model"]
+    peak = saved["server"]["memory_peak"]
+    assert peak["python_stubs"] == 2 and peak["rss_mb"] >= peak["tritonserver_rss_mb"] > 0
     one, three = saved["baselines"]["1"], saved["baselines"]["3"]
     assert one["per_request"]["throughput"] > 0 and one["per_request"]["texts"] == 6
     assert three["per_request"]["texts"] == 18 and "batched" not in three
