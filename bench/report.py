@@ -108,8 +108,12 @@ def plot_throughput_latency(result: dict, out: Path) -> str:
                 continue
             cs = [x["concurrency"] for x in lv]
             axes[row, 0].plot(cs, [x["throughput"] for x in lv], style, color=color, label=f"{workflow} (Triton)")
-            axes[row, 1].plot(cs, [x["p99_ms"] for x in lv], style, color=color, label=f"{workflow} p99")
-            axes[row, 1].plot(cs, [x["p50_ms"] for x in lv], style, color=color, alpha=0.35, label=f"{workflow} p50")
+            answered = [x for x in lv if x["p50_ms"] is not None]  # a level whose every request failed has none
+            cs = [x["concurrency"] for x in answered]
+            axes[row, 1].plot(cs, [x["p99_ms"] for x in answered], style, color=color, label=f"{workflow} p99")
+            axes[row, 1].plot(
+                cs, [x["p50_ms"] for x in answered], style, color=color, alpha=0.35, label=f"{workflow} p50"
+            )
         axes[row, 0].axhline(base["per_request"]["throughput"], color="k", ls="--", label="in-process eager")
         if "batched" in base:
             axes[row, 0].axhline(
@@ -146,7 +150,7 @@ def plot_v1_stages(result: dict, out: Path) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    v1 = [lv for lv in result["levels"] if "stages" in lv]
+    v1 = [lv for lv in result["levels"] if "stages" in lv and lv["mean_ms"] is not None]
     if not v1:
         return None
     fig, ax = plt.subplots(figsize=(11, 0.9 + 0.7 * len(v1)))

@@ -78,7 +78,8 @@ class ExportOptions:
     # that runs all of them inside the server (an idle expert on its empty chunk), or "calls",
     # one request per busy expert. "auto": the ensemble on the CPU, where it measured lower
     # latency at concurrency 1 and less BLS CPU per text under load (docs/benchmarks.md); calls
-    # on a GPU, where it was never measured. Remote experts are always called one by one.
+    # on a GPU (where the ensemble takes only layers whose experts all have tokens: tritonserver
+    # 2.51 crashes on an empty GPU tensor in its answer). Remote experts are called one by one.
     expert_fanout: str = "auto"
 
     def resolved(self) -> ExportOptions:

@@ -267,6 +267,11 @@ class TritonPythonModel:
         self.counters = Counters(self.n_layers, self.n_experts)
         # Remote experts are called one by one: the experts ensemble runs local ones.
         self.experts_ensemble = p.get("expert_fanout", "calls") == "ensemble" and self.remote is None
+        # An idle expert's chunk is empty. On a GPU, an empty GPU tensor in the ensemble's answer
+        # crashes tritonserver 2.51 (its Python backend, receiving the answer: seen with
+        # `moe export --device cuda --expert-fanout ensemble`), so there the ensemble serves
+        # only layers whose experts all have tokens.
+        self.empty_chunks_ok = self.device.type == "cpu"
 
     async def call(self, model: str, inputs: list, outputs: list) -> list:
         """Run `model` on (name, tensor) inputs; its outputs as tensors on this instance's device."""
@@ -321,7 +326,7 @@ class TritonPythonModel:
 
     async def run_experts(self, chunks, layer) -> list:
         """Every expert's output for its chunk of tokens; an idle expert's is its empty chunk."""
-        if self.experts_ensemble:
+        if self.experts_ensemble and (self.empty_chunks_ok or all(c.shape[0] > 0 for c in chunks)):
             inputs = [*zip(self.ensemble_inputs, chunks), ("LAYER", layer)]
             return self.call_now("experts", inputs, self.ensemble_outputs)
         outputs = list(chunks)
