@@ -75,11 +75,12 @@ class ExportOptions:
     # and less padding), 1 on a GPU. None: by device.
     v1_groups: int | None = None
     # How the BLS reaches a layer's experts: "ensemble", one request to the `experts` ensemble
-    # that runs all of them inside the server (an idle expert on its empty chunk), or "calls",
-    # one request per busy expert. "auto": the ensemble on the CPU, where it measured lower
-    # latency at concurrency 1 and less BLS CPU per text under load (docs/benchmarks.md); calls
-    # on a GPU (where the ensemble takes only layers whose experts all have tokens: tritonserver
-    # 2.51 crashes on an empty GPU tensor in its answer). Remote experts are called one by one.
+    # that runs all of them inside the server, or "calls", one request per busy expert. On the
+    # CPU the ensemble takes every layer, an idle expert on its empty chunk; on a GPU only layers
+    # whose experts all have tokens (tritonserver 2.51 crashes on an empty GPU tensor in its
+    # answer). "auto" is the ensemble: on the CPU it measured lower latency at concurrency 1 and
+    # less BLS CPU per text under load (docs/benchmarks.md), on one and two H200s 8-20 % more v1
+    # throughput under load (docs/gpu_serving.md). Remote experts are called one by one.
     expert_fanout: str = "auto"
 
     def resolved(self) -> ExportOptions:
@@ -89,7 +90,7 @@ class ExportOptions:
             full_model_instances=self.full_model_instances or (2 if on_cpu else 1),
             length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
             v1_groups=self.v1_groups or (2 if on_cpu else 1),
-            expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else ("ensemble" if on_cpu else "calls"),
+            expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
         )
 
 

@@ -153,8 +153,8 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     type=click.Choice(["auto", "ensemble", "calls"]),
     default="auto",
     show_default=True,
-    help="how v1 reaches a layer's experts: one request to the experts ensemble (idle experts "
-    "run on no tokens), or one per busy expert (auto: ensemble on the CPU, calls on a GPU)",
+    help="how v1 reaches a layer's experts: one request to the experts ensemble, or one per busy "
+    "expert (auto: the ensemble)",
 )
 @click.option(
     "--v1-groups",

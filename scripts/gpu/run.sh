@@ -6,8 +6,8 @@
 #   1gpu          every piece and the BLS on GPU 0: activations stay on the GPU (v1 and v2)
 #   1gpu-bls-cpu  the same pieces, the BLS on the CPU: each layer's activations cross to the host
 #   2gpu          experts spread over 2 GPUs, the BLS on GPU 0 (v1; only with 2 GPUs)
-#   1gpu-experts-ensemble, 2gpu-experts-ensemble  as 1gpu and 2gpu, each layer's experts through
-#                 the experts ensemble (v1; named only)
+#   1gpu-expert-calls, 2gpu-expert-calls  as 1gpu and 2gpu, each busy expert called on its own
+#                 instead of through the experts ensemble (v1; named only)
 #   scripts/gpu/run.sh RESULTS [CONFIG ...]      (default: every configuration the machine has)
 set -uo pipefail
 RESULTS=${1:-$MOE_GPU_HOME/results}
@@ -25,8 +25,8 @@ for config in $CONFIGS; do
   case $config in
     1gpu-bls-cpu) export_args="--device cuda --gpus 1 --bls-device cpu" workflows=v1 concurrency=1,64 requests=$((REQUESTS / 2)) ;;
     2gpu)         export_args="--device cuda --gpus 2" workflows=v1 ;;
-    1gpu-experts-ensemble) export_args="--device cuda --gpus 1 --expert-fanout ensemble" workflows=v1 ;;
-    2gpu-experts-ensemble) export_args="--device cuda --gpus 2 --expert-fanout ensemble" workflows=v1 ;;
+    1gpu-expert-calls) export_args="--device cuda --gpus 1 --expert-fanout calls" workflows=v1 ;;
+    2gpu-expert-calls) export_args="--device cuda --gpus 2 --expert-fanout calls" workflows=v1 ;;
   esac
   python3 -m serving.cli export $export_args --out "$repo" > /dev/null 2>&1 || { echo "export failed"; continue; }
   python3 -m serving.cli serve --repository "$repo" --http-port 18000 --grpc-port 18001 --metrics-port 18002 \

@@ -51,10 +51,10 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
     assert (
-        'key: "expert_fanout" value: { string_value: "calls" }'
+        'key: "expert_fanout" value: { string_value: "ensemble" }'
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
-    assert not (out / "model_repository" / "experts").exists()
+    assert (out / "model_repository" / "experts" / "config.pbtxt").exists()
     # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.
     assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     for name in ("tokenizer", "postprocessing"):

@@ -13,7 +13,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from export.repository import export_repository
+from export.repository import ExportOptions, export_repository
 from moe.checkpoint import load_checkpoint
 from moe.data import load_split
 from moe.errors import MoEError
@@ -126,6 +126,31 @@ def test_every_layer_runs_its_experts_as_one_ensemble_idle_ones_on_no_tokens(htt
     assert after[0] - before[0] == n_layers
     for e in range(8):
         assert after[1][e] - before[1][e] == n_layers, f"expert_{e}"
+    expected, _ = eager_probs(eager, ["Oil"])
+    np.testing.assert_allclose(out["PROBS"], expected, atol=1e-4, rtol=0)
+
+
+def test_with_expert_calls_only_busy_experts_are_called(tiny_checkpoint, tmp_path, eager):
+    """`moe export --expert-fanout calls`: no experts ensemble; the BLS calls each busy expert
+    of a layer on its own, and never an idle one."""
+    out = export_repository(
+        tiny_checkpoint, tmp_path / "calls", ExportOptions(expert_fanout="calls"), progress=False, log=lambda *_: None
+    )
+    assert not (out / "model_repository" / "experts").exists()
+    server = start_server(out)
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        before = expert_executions(client)
+        out = classify(client, "moe_v1", ["Oil"], routing=True)
+        after = expert_executions(client)
+        client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+    busy_layers = (out["EXPERT_TOKENS"][0] > 0).sum(axis=0)
+    assert busy_layers.sum() < out["EXPERT_TOKENS"].shape[1] * 8, "some expert should be idle"
+    for e in range(8):
+        assert after[e] - before[e] == busy_layers[e], f"expert_{e}"
     expected, _ = eager_probs(eager, ["Oil"])
     np.testing.assert_allclose(out["PROBS"], expected, atol=1e-4, rtol=0)
 

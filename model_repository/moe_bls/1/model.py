@@ -3,15 +3,15 @@
     layer 0:  embedding_attention_gating   (embedding -> attention -> gating, one ensemble)
     layer l:  attention_gating             (attention -> gating, one ensemble)
               then the experts, concurrently, each with only its own tokens
-              (through the experts ensemble on the CPU), and the weighted combine
+              (through the experts ensemble), and the weighted combine
     then:     classifier
 
 The pieces that follow each other without Python in between run as ensembles inside the server,
 so each layer costs this model two round trips: one for attention and routing, one for the
 `experts` ensemble, which runs every expert concurrently inside the server, an idle one on its
-empty chunk (`moe export --expert-fanout`: the default on the CPU). On a GPU, and for remote
-experts, each busy expert is one request of its own, all in flight at once, and idle experts
-are not called.
+empty chunk (`moe export --expert-fanout`, the default). On a GPU a layer with an idle expert,
+and remote experts always, call each busy expert with a request of its own, all in flight at
+once, and idle experts are not called.
 Grouping tokens by expert and adding the weighted outputs back use moe_routing.py, a copy of the
 package's moe/routing.py made by `moe export`: the same code the eager model runs.
 
