@@ -79,7 +79,7 @@ class ExportOptions:
     # CPU the ensemble takes every layer, an idle expert on its empty chunk; on a GPU only layers
     # whose experts all have tokens (tritonserver 2.51 crashes on an empty GPU tensor in its
     # answer). "auto" is the ensemble: on the CPU it measured lower latency at concurrency 1 and
-    # less BLS CPU per text under load (docs/benchmarks.md), on one and two H200s 8-20 % more v1
+    # less BLS CPU per text under load (docs/benchmarks.md), on one and two H200s more v1
     # throughput under load (docs/gpu_serving.md). Remote experts are called one by one.
     expert_fanout: str = "auto"
 
