@@ -268,9 +268,9 @@ class TritonPythonModel:
         # Remote experts are called one by one: the experts ensemble runs local ones.
         self.experts_ensemble = p.get("expert_fanout", "calls") == "ensemble" and self.remote is None
         # An idle expert's chunk is empty. On a GPU, an empty GPU tensor in the ensemble's answer
-        # crashes tritonserver 2.51 (its Python backend, receiving the answer: seen with
-        # `moe export --device cuda --expert-fanout ensemble`), so there the ensemble serves
-        # only layers whose experts all have tokens.
+        # crashes tritonserver 2.51 (in its Python backend, receiving the answer; seen on an
+        # H200, docs/gpu_serving.md), so there the ensemble serves only layers whose experts all
+        # have tokens.
         self.empty_chunks_ok = self.device.type == "cpu"
 
     async def call(self, model: str, inputs: list, outputs: list) -> list:
