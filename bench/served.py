@@ -211,7 +211,11 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
         raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
-    if (opts.requests or 1) < 1 or min(opts.batch_sizes, default=0) < 1 or min(opts.concurrency, default=0) < 1:
+    if (
+        (opts.requests is not None and opts.requests < 1)
+        or min(opts.batch_sizes, default=0) < 1
+        or min(opts.concurrency, default=0) < 1
+    ):
         raise MoEError("--requests, every --batch-size and every --concurrency must be >= 1")
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,3 +34,8 @@ def test_unknown_preset(tmp_path, data_dir):
 def test_not_a_checkpoint(tmp_path, data_dir):
     r = run_cli("eval", tmp_path, "--data", data_dir)
     assert_one_line_error(r, "not a checkpoint", "model.safetensors")
+
+
+def test_bench_refuses_zero_requests(tmp_path):
+    r = run_cli("bench", "--requests", "0", "--url", "127.0.0.1:9", "--out", tmp_path / "b")
+    assert_one_line_error(r, "--requests", ">= 1")
