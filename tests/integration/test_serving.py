@@ -133,11 +133,11 @@ def test_every_layer_runs_its_experts_as_one_ensemble_idle_ones_on_no_tokens(htt
 def test_with_expert_calls_only_busy_experts_are_called(tiny_checkpoint, tmp_path, eager):
     """`moe export --expert-fanout calls`: no experts ensemble; the BLS calls each busy expert
     of a layer on its own, and never an idle one."""
-    out = export_repository(
+    repository = export_repository(
         tiny_checkpoint, tmp_path / "calls", ExportOptions(expert_fanout="calls"), progress=False, log=lambda *_: None
     )
-    assert not (out / "model_repository" / "experts").exists()
-    server = start_server(out)
+    assert not (repository / "model_repository" / "experts").exists()
+    server = start_server(repository)
     try:
         client = httpclient.InferenceServerClient(server.http_url)
         before = expert_executions(client)
