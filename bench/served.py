@@ -6,7 +6,8 @@ One run measures, on one machine and against one running server:
     process gets from this model here; each runs before and after the served levels and the
     faster run is the one the ratios use (the stricter comparison for the server);
   * for each batch size, concurrency level and workflow (the workflows taking turns at each
-    level), a closed loop (bench/load.py), every answer compared with the eager label;
+    level), a closed loop (bench/load.py), every answer compared with the eager label, from a
+    lean HTTP client (bench/raw_http.py) unless asked otherwise, and the load generator's own CPU;
   * what the caller knows of the server: the time from launch to all models ready, its memory
     (sampled every second while the levels run; the peak is kept);
   * where v1's time goes: Triton's per-model statistics and the BLS's stage counters.
@@ -31,6 +32,7 @@ from moe.errors import MoEError
 from . import report, triton_stats
 from .baseline import EagerModel
 from .load import batches, closed_loop
+from .raw_http import RawHttpClient
 
 DEFAULT_OUT = Path("build") / "bench"
 
@@ -67,6 +69,9 @@ class BenchOptions:
     warmup: int | None = None  # untimed requests before each level (None: max(16, 2C))
     batched_baseline: int = 16  # texts per batch of the batched in-process baseline; 0: none
     protocol: str = "http"
+    # "raw": bench.raw_http over HTTP (a third of the CPU per request); "moe_client": the product's
+    # AsyncMoEClient; "auto": raw over HTTP, moe_client over gRPC.
+    load_client: str = "auto"
     checkpoint: Path | None = None  # the model of the baselines (default: the bundled one)
     device: str = "cpu"  # where the baselines run
     data: Path = DEFAULT_DATA  # AG News folder: test.csv texts
@@ -202,15 +207,27 @@ def level_requests(opts: BenchOptions, concurrency: int) -> int:
     return opts.requests if opts.requests is not None else max(300, 20 * concurrency)
 
 
+def load_client(opts: BenchOptions, endpoint: Endpoint):
+    """The client the workers share (an async context manager)."""
+    from moe_client import AsyncMoEClient
+
+    kind = opts.load_client if opts.load_client != "auto" else ("raw" if opts.protocol == "http" else "moe_client")
+    if kind == "raw":
+        return RawHttpClient(endpoint.url, timeout=opts.timeout_s)
+    return AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0)
+
+
 def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | None = None) -> dict:
     from tqdm.auto import tqdm
-
-    from moe_client import AsyncMoEClient
 
     if not set(opts.workflows) <= {"v1", "v2"}:
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
         raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
+    if opts.load_client not in ("auto", "raw", "moe_client"):
+        raise MoEError(f"--load-client must be auto, raw or moe_client, not {opts.load_client!r}")
+    if opts.load_client == "raw" and opts.protocol != "http":
+        raise MoEError("--load-client raw speaks HTTP only: use --protocol http, or --load-client moe_client")
     if (
         (opts.requests is not None and opts.requests < 1)
         or min(opts.batch_sizes, default=0) < 1
@@ -265,7 +282,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
     )
 
     async def serve_levels():
-        async with AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0) as client:
+        async with load_client(opts, endpoint) as client:
             for b, plan in plans.items():
                 want = baselines[b]["per_request"].answers
                 # Workflows take turns at each concurrency, so that the two levels a ratio compares
@@ -281,15 +298,25 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                             _try(triton_stats.model_stats, endpoint.http_url),
                             _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
                         )
-                        load0 = load_average()
+                        load0, cpu0 = load_average(), time.process_time()
                         timed = [(workflow, t) for t in plan[: level_requests(opts, c)]]
                         run = await closed_loop(client, timed, c, progress=bar.update, keep_busy=untimed)
+                        cpu = time.process_time() - cpu0
                         s1, m1 = (
                             _try(triton_stats.model_stats, endpoint.http_url),
                             _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
                         )
                         level = dict(
-                            workflow=workflow, batch_size=b, concurrency=c, **run.summary(), load_average=load0
+                            workflow=workflow,
+                            batch_size=b,
+                            concurrency=c,
+                            **run.summary(),
+                            load_average=load0,
+                            # This process's CPU (the load generator and the memory sampler) per
+                            # request sent, and as a share of one core: the cores it took from the
+                            # server when both share a machine.
+                            load_cpu_ms_per_request=round(1e3 * cpu / (len(timed) + run.untimed), 3),
+                            load_cpu_share=round(cpu / max(run.seconds, 1e-9), 3),
                         )
                         pairs = [
                             (g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)

@@ -2,6 +2,7 @@
 CPU time of tritonserver, each Python stub and this client process over the timed requests.
 
     .venv/bin/python scripts/cpu_share.py build --workflow v2 --concurrency 64 [--torch-threads 1]
+        [--load-client raw|moe_client]
 
 What found that v2 was bound by one thread of tritonserver while the machine had a core to
 spare (docs/benchmarks.md, "Choices").
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench.load import batches, closed_loop
+from bench.raw_http import RawHttpClient
 from moe.data import DEFAULT_DATA, load_split
 from moe_client import AsyncMoEClient
 from serving.server import ServerOptions, TritonServer, free_ports, process_tree
@@ -37,6 +39,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument(
+        "--load-client", default="raw", choices=["raw", "moe_client"], help="as `moe bench --load-client`"
+    )
     parser.add_argument("--data", default=DEFAULT_DATA)
     args = parser.parse_args()
     texts = load_split(args.data, "test").texts
@@ -53,7 +58,10 @@ def main() -> None:
 
     async def load(n: int):
         busy = [(args.workflow, t) for t in batches(texts, 1, args.concurrency, start=n)]
-        async with AsyncMoEClient(server.http_url, retries=0) as client:
+        client = (
+            RawHttpClient(server.http_url) if args.load_client == "raw" else AsyncMoEClient(server.http_url, retries=0)
+        )
+        async with client:
             return await closed_loop(
                 client, [(args.workflow, t) for t in batches(texts, 1, n)], args.concurrency, keep_busy=busy
             )
@@ -72,7 +80,8 @@ def main() -> None:
         server.stop()
         server.cleanup()
     print(
-        f"{args.workflow}, concurrency {args.concurrency}, torch threads {args.torch_threads}: "
+        f"{args.workflow}, concurrency {args.concurrency}, torch threads {args.torch_threads}, "
+        f"{args.load_client} client: "
         f"{result['throughput']:.1f} texts/s, p50 {result['p50_ms']:.2f} ms, errors {result['errors']}"
     )
     for pid in pids:

@@ -517,6 +517,15 @@ def int_list(value: str) -> list[int]:
     "start one on free ports, which also measures cold start and memory)",
 )
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
+@click.option(
+    "--load-client",
+    type=click.Choice(["auto", "raw", "moe_client"]),
+    default="auto",
+    show_default=True,
+    help="what sends the requests: raw = a lean HTTP client, a third of the CPU per request "
+    "(it shares the cores with the server here); moe_client = the product's AsyncMoEClient; "
+    "auto = raw over HTTP, moe_client over gRPC",
+)
 @click.option("--workflows", default="v1,v2", show_default=True)
 @click.option(
     "--concurrency",
@@ -568,6 +577,7 @@ def int_list(value: str) -> list[int]:
 def bench(
     url,
     protocol,
+    load_client,
     workflows,
     concurrency,
     batch_sizes,
@@ -598,6 +608,7 @@ def bench(
         requests=requests,
         batched_baseline=batched_baseline,
         protocol=protocol,
+        load_client=load_client,
         checkpoint=checkpoint,
         device=device,
         data=Path(data),

@@ -1,8 +1,12 @@
 """`moe bench` keeps working: a few requests against the shared server, no timing assertions."""
 
+import asyncio
 import json
 
+import pytest
+
 from bench.served import BenchOptions, Endpoint, run_bench
+from moe.errors import MoEError
 
 
 def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
@@ -49,8 +53,10 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
         ("v1", 3, 4),
         ("v2", 3, 4),
     ]
+    assert "load client auto" in (tmp_path / "bench.md").read_text()
     for level in saved["levels"]:
         assert level["errors"] == 0 and level["requests"] == 6
+        assert level["load_cpu_ms_per_request"] > 0 and level["load_cpu_share"] > 0
         if level["concurrency"] == 1:
             assert level["untimed"] == 0, "a lone worker never waits for another's answer"
         assert level["texts"] == 6 * level["batch_size"]
@@ -99,3 +105,59 @@ def test_gpu_moe_layer_benchmark_smoke_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [l for l in result.stdout.splitlines() if l.startswith("| smoke-")]
     assert rows and all(l.rstrip().endswith("| yes |") for l in rows), rows
+
+
+def test_raw_http_client_answers_as_moe_client_does(server, data_dir):
+    """The bench's lean client sends moe_client's request and reads the same labels back, over
+    a kept-alive connection; the server's own message reaches the caller on an error."""
+    from bench.raw_http import RawHttpClient, RequestFailed
+    from moe.data import load_split
+    from moe_client import AsyncMoEClient
+
+    texts = load_split(str(data_dir), "test").texts[:20] + ["Ünïcødé — “quoted” text"]
+
+    async def both():
+        async with RawHttpClient(server.http_url, timeout=30) as raw, AsyncMoEClient(server.http_url) as product:
+            out = {}
+            for workflow in ("v1", "v2"):
+                singles = [await raw.classify([t], workflow) for t in texts]
+                batch = await raw.classify(texts, workflow)
+                want = await product.classify(texts, workflow=workflow)
+                out[workflow] = (singles, batch, want)
+            with pytest.raises(RequestFailed, match="moe_v9"):
+                await raw.classify(texts[:1], "v9")
+            bad = await asyncio.gather(raw.classify(["ok", " "], "v2"), return_exceptions=True)
+            after = await raw.classify(texts[:2], "v2")
+            return out, bad[0], after, len(raw._idle)
+
+    out, bad, after, idle = asyncio.run(both())
+    for workflow, (singles, batch, want) in out.items():
+        labels = [p.label for p in want]
+        assert [a.label for a in batch] == labels, workflow
+        assert [s[0].label for s in singles] == labels and all(len(s) == 1 for s in singles), workflow
+    assert isinstance(bad, RequestFailed) and "HTTP 400" in str(bad) and "TEXT[1] is empty" in str(bad)
+    assert [a.label for a in after] == [p.label for p in out["v2"][2][:2]]
+    assert idle == 1, "one request at a time reuses one connection"
+
+
+def test_bench_with_the_product_client(server, tiny_checkpoint, data_dir, tmp_path):
+    opts = BenchOptions(
+        workflows=["v2"],
+        concurrency=[2],
+        requests=4,
+        warmup=1,
+        batched_baseline=0,
+        load_client="moe_client",
+        checkpoint=tiny_checkpoint,
+        data=data_dir,
+        out=tmp_path,
+        plots=False,
+        progress=False,
+    )
+    endpoint = Endpoint(url=server.http_url, http_url=server.http_url)
+    (level,) = run_bench(opts, endpoint, log=lambda *_: None)["levels"]
+    assert level["errors"] == 0 and level["agreement_with_eager"] == 1.0
+    assert level["load_cpu_ms_per_request"] > 0 and 0 < level["load_cpu_share"] < 1.5
+    assert "load client moe_client" in (tmp_path / "bench.md").read_text()
+    with pytest.raises(MoEError, match="HTTP only"):
+        run_bench(BenchOptions(protocol="grpc", load_client="raw", out=tmp_path), endpoint)
