@@ -1,8 +1,9 @@
 """The closed-loop load generator behind `moe bench` and `moe loadtest`.
 
-C workers share one AsyncMoEClient; each sends its next request when its previous answer has
-arrived. Every request is (workflow, texts); every answer is kept, so a caller can check it
-against the eager model, and every error is counted by its message, never swallowed.
+C workers share one client (AsyncMoEClient, or the bench's lean bench.raw_http.RawHttpClient);
+each sends its next request when its previous answer has arrived. Every request is (workflow,
+texts); every answer is kept, so a caller can check it against the eager model, and every error
+is counted by its message, never swallowed.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ class LoadResult:
 async def closed_loop(
     client, plan: list[Request], concurrency: int, progress=None, keep_busy: list[Request] | None = None
 ) -> LoadResult:
-    """Send every request of `plan` through `client` (an AsyncMoEClient) from `concurrency`
-    workers; the result keeps the answers in plan order.
+    """Send every request of `plan` through `client` (an AsyncMoEClient or a RawHttpClient) from
+    `concurrency` workers; the result keeps the answers in plan order.
 
     With `keep_busy`, a worker that finds the plan taken sends these (in turn, untimed, their
     answers and errors not kept) until the plan's last answer has arrived, so the timed window

@@ -1,10 +1,10 @@
 """A lean KServe v2 HTTP client for load generation: the request of `moe_client`, sent and read
 with asyncio's streams and nothing else.
 
-On this 2-core machine the load generator shares the cores with the server it measures. The
-product's AsyncMoEClient (tritonclient over aiohttp, a Prediction per text) spent 0.58-0.70 ms
-of CPU per request at concurrency 64, about a fifth of a core; this client 0.19-0.27 ms, and the
-same server answered 8-21 % more texts per second (docs/benchmarks.md). NVIDIA's perf_analyzer,
+On this 2-core machine the load generator shares the cores with the server it measures. Sending
+single texts to v2 at concurrency 64, the product's AsyncMoEClient (tritonclient over aiohttp, a
+Prediction per text) spent 0.67-0.71 ms of CPU per request, a quarter of a core; this client
+0.23-0.26 ms, and the same server answered 3-21 % more texts per second (docs/benchmarks.md). NVIDIA's perf_analyzer,
 a C++ load generator, is what Triton is usually measured with; it is not installable here.
 
 It sends what `moe_client` sends for a list of texts (TEXT as binary BYTES; LABEL, LABEL_ID and
