@@ -4,8 +4,9 @@ with asyncio's streams and nothing else.
 On this 2-core machine the load generator shares the cores with the server it measures. Sending
 single texts to v2 at concurrency 64, the product's AsyncMoEClient (tritonclient over aiohttp, a
 Prediction per text) spent 0.67-0.71 ms of CPU per request, a quarter of a core; this client
-0.23-0.26 ms, and the same server answered 3-21 % more texts per second (docs/benchmarks.md). NVIDIA's perf_analyzer,
-a C++ load generator, is what Triton is usually measured with; it is not installable here.
+0.23-0.26 ms, and the same server answered 3-21 % more texts per second (docs/benchmarks.md).
+NVIDIA's perf_analyzer, a C++ load generator, is what Triton is usually measured with; it is not
+installable here.
 
 It sends what `moe_client` sends for a list of texts (TEXT as binary BYTES; LABEL, LABEL_ID and
 PROBS asked as binary outputs), one keep-alive connection per request in flight, and reads back
@@ -121,7 +122,8 @@ class RawHttpClient:
             writer.close()
             if not reused:
                 raise
-            # A kept-alive connection the server had closed: the request never reached it.
+            # A kept-alive connection the server had closed: send again on another (an inference
+            # changes nothing on the server, so a request it may have read is safe to repeat).
             return await self._exchange(request)
         except BaseException:
             writer.close()  # a timeout or cancellation leaves the connection mid-answer
