@@ -21,17 +21,23 @@ def http_json(url: str, timeout: float = 10.0):
 def model_stats(http_url: str) -> dict:
     """Model name -> cumulative ns and counts of Triton's inference statistics.
 
-    A request's compute time in Triton's inference statistics is its whole batch's, so for a
+    A request's compute times in Triton's inference statistics are its whole batch's, so for a
     model that batches requests they add up to more than the model ran. The model's own busy
-    time (`busy_ns`) is the sum over its executions, from the batch statistics."""
+    time (`busy_ns`, running the model) and `io_ns` (gathering its inputs and scattering its
+    outputs) are sums over its executions, from the batch statistics."""
     out: dict = {}
     for m in http_json(f"http://{http_url}/v2/models/stats").get("model_stats", []):
         s = m.get("inference_stats", {})
         row = {f"{k}_ns": int(s.get(k, {}).get("ns", 0)) for k in STAT_KINDS}
         batches = m.get("batch_stats") or []
-        row["busy_ns"] = (
-            sum(int(b.get("compute_infer", {}).get("ns", 0)) for b in batches) if batches else row["compute_infer_ns"]
-        )
+        if batches:
+            row["busy_ns"] = sum(int(b.get("compute_infer", {}).get("ns", 0)) for b in batches)
+            row["io_ns"] = sum(
+                int(b.get(k, {}).get("ns", 0)) for b in batches for k in ("compute_input", "compute_output")
+            )
+        else:
+            row["busy_ns"] = row["compute_infer_ns"]
+            row["io_ns"] = row["compute_input_ns"] + row["compute_output_ns"]
         row.update(
             success_count=int(s.get("success", {}).get("count", 0)),
             execution_count=int(m.get("execution_count", 0)),
@@ -74,9 +80,7 @@ def breakdown(stats: dict, metrics: dict | None, n_requests: int) -> dict:
             inferences=row["inference_count"],
             # Shared out over the level's requests: what the model cost each of them.
             compute_infer_ms_per_request=round(row["busy_ns"] / 1e6 / per_request, 4),
-            compute_io_ms_per_request=round(
-                (row["compute_input_ns"] + row["compute_output_ns"]) / 1e6 / per_request, 4
-            ),
+            compute_io_ms_per_request=round(row.get("io_ns", 0) / 1e6 / per_request, 4),
             queue_ms_per_request=round(row["queue_ns"] / 1e6 / per_request, 4),
             compute_infer_ms_per_execution=round(row["busy_ns"] / 1e6 / executions, 4),
             mean_batch=round(row["inference_count"] / executions, 2),

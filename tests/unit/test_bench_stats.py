@@ -3,15 +3,16 @@
 from bench.triton_stats import breakdown, stage_table
 
 
-def stats_row(executions, requests, busy_ms, per_request_compute_ms, queue_ms=0.0):
+def stats_row(executions, requests, busy_ms, per_request_compute_ms, queue_ms=0.0, io_ms=0.0, per_request_io_ms=0.0):
     return dict(
         success_ns=0,
         fail_ns=0,
         queue_ns=int(queue_ms * 1e6),
-        compute_input_ns=0,
+        compute_input_ns=int(per_request_io_ms * 1e6),
         compute_infer_ns=int(per_request_compute_ms * 1e6),
         compute_output_ns=0,
         busy_ns=int(busy_ms * 1e6),
+        io_ns=int(io_ms * 1e6),
         success_count=requests,
         execution_count=executions,
         inference_count=requests,
@@ -19,11 +20,14 @@ def stats_row(executions, requests, busy_ms, per_request_compute_ms, queue_ms=0.
 
 
 def test_a_batching_model_costs_each_request_its_share_of_the_batch():
-    # 10 requests in 2 batches of 5, each batch computing for 4 ms: Triton's inference statistics
-    # give every request its batch's 4 ms (40 ms in all); the model was busy 8 ms.
-    bd = breakdown({"tokenizer": stats_row(2, 10, busy_ms=8, per_request_compute_ms=40)}, None, n_requests=10)
+    # 10 requests in 2 batches of 5, each batch computing for 4 ms and moving its tensors for 1 ms:
+    # Triton's inference statistics give every request its batch's 4 ms and 1 ms (40 and 10 ms in
+    # all); the model was busy 8 ms and 2 ms.
+    row = stats_row(2, 10, busy_ms=8, per_request_compute_ms=40, io_ms=2, per_request_io_ms=10)
+    bd = breakdown({"tokenizer": row}, None, n_requests=10)
     assert bd["models"]["tokenizer"]["compute_infer_ms_per_request"] == 0.8
     assert bd["models"]["tokenizer"]["compute_infer_ms_per_execution"] == 4.0
+    assert bd["models"]["tokenizer"]["compute_io_ms_per_request"] == 0.2
 
 
 def test_attention_and_gating_are_split_between_the_first_layer_and_the_others():
