@@ -65,6 +65,8 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
         assert level["agreement_with_eager"] == 1.0 and level["disagreements"] == 0
         models = level["breakdown"]["models"]
         assert {"tokenizer", "postprocessing"} <= set(models)
+        # From the batch statistics, as the compute time is.
+        assert models["tokenizer"]["compute_io_ms_per_request"] > 0
         assert ("full_model" if level["workflow"] == "v2" else "moe_bls") in models
 
     v1 = saved["levels"][0]
