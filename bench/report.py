@@ -17,10 +17,13 @@ def _fmt(v, digits=2):
 def markdown(result: dict) -> str:
     m, opts, server = result["machine"], result["options"], result["server"]
     gpus = f", GPUs: {', '.join(m['gpus'])}" if m.get("gpus") else ""
+    # As asked, and what "auto" chose.
+    asked, used = opts.get("load_client", "moe_client"), result.get("load_client", "moe_client")
+    load_client = asked if asked == used else f"{asked}: {used}"
     lines = [
         f"Machine: {m['cpu_model']}, {m['cores']} cores{gpus}, torch {m['torch']}; "
         f"Triton {server.get('triton_version')}; protocol {opts['protocol']}, "
-        f"load client {opts.get('load_client', 'moe_client')}, "
+        f"load client {load_client}, "
         f"{opts['requests'] or '300 (at least 20 per worker)'} timed requests per level; "
         f"in-process baselines on {opts['device']}; "
         f"load average at start {result['load_average_start']}, at end {result.get('load_average_end')}.",

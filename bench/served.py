@@ -207,12 +207,18 @@ def level_requests(opts: BenchOptions, concurrency: int) -> int:
     return opts.requests if opts.requests is not None else max(300, 20 * concurrency)
 
 
+def load_client_kind(opts: BenchOptions) -> str:
+    """ "raw" or "moe_client": what `opts.load_client` means for its protocol."""
+    if opts.load_client != "auto":
+        return opts.load_client
+    return "raw" if opts.protocol == "http" else "moe_client"
+
+
 def load_client(opts: BenchOptions, endpoint: Endpoint):
     """The client the workers share (an async context manager)."""
     from moe_client import AsyncMoEClient
 
-    kind = opts.load_client if opts.load_client != "auto" else ("raw" if opts.protocol == "http" else "moe_client")
-    if kind == "raw":
+    if load_client_kind(opts) == "raw":
         return RawHttpClient(endpoint.url, timeout=opts.timeout_s)
     return AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0)
 
@@ -243,6 +249,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         options={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
         started=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         server=dict(url=endpoint.url, cold_start_s=endpoint.cold_start_s, **endpoint.facts),
+        load_client=load_client_kind(opts),
     )
     result["server"]["triton_version"] = (_try(triton_stats.http_json, f"http://{endpoint.http_url}/v2") or {}).get(
         "version"

@@ -80,7 +80,7 @@ def breakdown(stats: dict, metrics: dict | None, n_requests: int) -> dict:
             inferences=row["inference_count"],
             # Shared out over the level's requests: what the model cost each of them.
             compute_infer_ms_per_request=round(row["busy_ns"] / 1e6 / per_request, 4),
-            compute_io_ms_per_request=round(row.get("io_ns", 0) / 1e6 / per_request, 4),
+            compute_io_ms_per_request=round(row["io_ns"] / 1e6 / per_request, 4),
             queue_ms_per_request=round(row["queue_ns"] / 1e6 / per_request, 4),
             compute_infer_ms_per_execution=round(row["busy_ns"] / 1e6 / executions, 4),
             mean_batch=round(row["inference_count"] / executions, 2),

@@ -140,15 +140,15 @@ def parents() -> dict[int, int | None]:
     return {int(p.name): _proc_stat_parent(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
 
 
-def children(pid: int, parent_of: dict[int, int | None] | None = None) -> list[int]:
-    if parent_of is None:
-        # The kernel's list of each thread's children: a few reads, where scanning every
-        # process of the machine twice a second cost the supervising process 1-2 % of a core.
-        try:
-            return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-        except OSError:
-            parent_of = parents()
-    return [child for child, parent in parent_of.items() if parent == pid]
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid`."""
+    # The kernel's list of each thread's children: a few reads, where scanning every process of
+    # the machine twice a second cost the supervising process 1-2 % of a core. The scan remains
+    # for kernels without the list.
+    try:
+        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except OSError:
+        return [child for child, parent in parents().items() if parent == pid]
 
 
 def process_tree(root: int) -> list[int]:

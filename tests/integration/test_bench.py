@@ -54,6 +54,7 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
         ("v2", 3, 4),
     ]
     assert "load client auto" in (tmp_path / "bench.md").read_text()
+    assert saved["load_client"] == "raw" and "load client auto: raw," in (tmp_path / "bench.md").read_text()
     for level in saved["levels"]:
         assert level["errors"] == 0 and level["requests"] == 6
         assert level["load_cpu_ms_per_request"] > 0 and level["load_cpu_share"] > 0
