@@ -27,6 +27,7 @@ from moe.errors import MoEError
 from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
+from .host_sizing import host_cores, size_host_stages
 from .pieces import build_pieces, sample_inputs
 
 TEMPLATES = resources.files("export") / "templates"
@@ -82,12 +83,33 @@ class ExportOptions:
     # less BLS CPU per text under load (docs/benchmarks.md), on one and two H200s more v1
     # throughput under load (docs/gpu_serving.md). Remote experts are called one by one.
     expert_fanout: str = "auto"
+    # Host-side stages, sized for `host_cores` (None: this machine's) by export/host_sizing.py;
+    # each one given here overrides its share.
+    host_cores: int | None = None
+    tokenizer_instances: int | None = None
+    tokenizer_threads: int | None = None
+    postprocessing_instances: int | None = None
+    bls_instances: int | None = None
+    full_model_max_batch: int | None = None
 
     def resolved(self) -> ExportOptions:
         on_cpu = self.device == "cpu"
+        cores = self.host_cores or host_cores()
+        stages = size_host_stages(self.device, cores, self.max_batch_size)
+
+        def pick(name: str) -> int:
+            value = getattr(self, name)
+            return getattr(stages, name) if value is None else value
+
         return replace(
             self,
-            full_model_instances=self.full_model_instances or (2 if on_cpu else 1),
+            host_cores=cores,
+            tokenizer_instances=pick("tokenizer_instances"),
+            tokenizer_threads=pick("tokenizer_threads"),
+            postprocessing_instances=pick("postprocessing_instances"),
+            bls_instances=pick("bls_instances"),
+            full_model_max_batch=pick("full_model_max_batch"),
+            full_model_instances=pick("full_model_instances"),
             length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
             v1_groups=self.v1_groups or (2 if on_cpu else 1),
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
@@ -135,9 +157,11 @@ def pbtxt_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def instance_group(opts: ExportOptions, gpu: int = 0, count: int = 1) -> str:
+def instance_group(opts: ExportOptions, gpu: int | None = 0, count: int = 1) -> str:
+    """`count` instances on GPU `gpu` (None: on every GPU), or on the CPU."""
     if opts.device == "cuda":
-        return f"{{ count: {count} kind: KIND_GPU gpus: [ {gpu % max(1, opts.gpus)} ] }}"
+        gpus = range(max(1, opts.gpus)) if gpu is None else [gpu % max(1, opts.gpus)]
+        return f"{{ count: {count} kind: KIND_GPU gpus: [ {', '.join(map(str, gpus))} ] }}"
     return f"{{ count: {count} kind: KIND_CPU }}"
 
 
@@ -250,7 +274,12 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
         instance_group=instance_group(opts),
         libtorch_parameters=LIBTORCH_PARAMETERS,
-        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else replace(opts, device="cpu")),
+        bls_instance_group=instance_group(
+            opts if opts.bls_device == "auto" else replace(opts, device="cpu"), count=opts.bls_instances
+        ),
+        tokenizer_instances=opts.tokenizer_instances,
+        tokenizer_threads=opts.tokenizer_threads,
+        postprocessing_instances=opts.postprocessing_instances,
     )
 
     def write_model(name: str, template: str, extra: dict | None = None):
@@ -269,7 +298,14 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         write_model(name, name)
     for name in ("attention", "gating"):  # v1's length groups run through them side by side
         write_model(name, name, dict(instance_group=instance_group(opts, count=opts.v1_groups)))
-    write_model("full_model", "full_model", dict(instance_group=instance_group(opts, count=opts.full_model_instances)))
+    write_model(
+        "full_model",
+        "full_model",
+        dict(
+            instance_group=instance_group(opts, gpu=None, count=opts.full_model_instances),
+            max_batch_size=opts.full_model_max_batch,
+        ),
+    )
     for e, name in enumerate(experts):
         write_model(name, "expert", dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))
     tokenizer = write_model("tokenizer", "tokenizer")

@@ -67,3 +67,35 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         log=lambda *_: None,
     )
     assert "KIND_CPU" in (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+
+
+def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tmp_path):
+    """On a GPU host the Python stages share the cores out (single-threaded tokenizer instances,
+    BLS instances) and v2's model gets two instances on every GPU with large batches; an option
+    given overrides its share."""
+    out = export_repository(
+        tiny_checkpoint,
+        tmp_path / "gpu16",
+        ExportOptions(device="cuda", gpus=2, host_cores=16, bls_instances=3),
+        progress=False,
+        log=lambda *_: None,
+    )
+    config = {name: (out / "model_repository" / name / "config.pbtxt").read_text() for name in MODELS_SIZED}
+    assert "count: 12 kind: KIND_CPU" in config["tokenizer"]
+    assert 'key: "threads" value: { string_value: "1" }' in config["tokenizer"]
+    assert "count: 2 kind: KIND_CPU" in config["postprocessing"]
+    assert "count: 3 kind: KIND_GPU gpus: [ 0 ]" in config["moe_bls"]
+    assert "count: 2 kind: KIND_GPU gpus: [ 0, 1 ]" in config["full_model"]
+    assert "max_batch_size: 256" in config["full_model"]
+    assert "max_batch_size: 64" in config["tokenizer"]
+    # On the CPU: the layout measured best on two cores, the library's own tokenizer pool.
+    cpu = export_repository(
+        tiny_checkpoint, tmp_path / "cpu16", ExportOptions(host_cores=16), progress=False, log=lambda *_: None
+    )
+    tokenizer = (cpu / "model_repository" / "tokenizer" / "config.pbtxt").read_text()
+    assert "count: 1 kind: KIND_CPU" in tokenizer
+    assert 'key: "threads" value: { string_value: "0" }' in tokenizer
+    assert "count: 2 kind: KIND_CPU" in (cpu / "model_repository" / "full_model" / "config.pbtxt").read_text()
+
+
+MODELS_SIZED = ("tokenizer", "postprocessing", "moe_bls", "full_model")

@@ -273,3 +273,37 @@ def test_moe_serve_exits_with_the_servers_error(tiny_repository, tmp_path):
     )
     assert result.returncode == 2
     assert "tokenizer" in result.stderr and "Traceback" not in result.stderr.split("error:")[0]
+
+
+def test_postprocessing_batches_requests_and_each_gets_its_own_labels(tiny_checkpoint, tmp_path):
+    """Requests batched together in post-processing each get their own class names: the
+    vendored libtorch backend hands request r the strings of its own rows (upstream hands every
+    request the batch's first ones)."""
+    repository = export_repository(
+        tiny_checkpoint, tmp_path / "delay", ExportOptions(queue_delay_us=200_000), progress=False, log=lambda *_: None
+    )
+    server = start_server(repository)
+    try:
+        client = httpclient.InferenceServerClient(server.http_url, concurrency=16)
+        labels = json.loads(client.get_model_config("postprocessing")["parameters"]["labels"]["string_value"])
+        rng = np.random.default_rng(0)
+        logits = [rng.normal(size=(1 + r % 3, len(labels))).astype(np.float32) for r in range(16)]
+
+        def request(x):
+            inp = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            return client.async_infer("postprocessing", [inp])
+
+        answers = [h.get_result() for h in [request(x) for x in logits]]
+        stats = client.get_inference_statistics("postprocessing")["model_stats"][0]
+        client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+    assert stats["execution_count"] < len(logits), "the requests should have run in shared batches"
+    for x, answer in zip(logits, answers):
+        expected = x.argmax(1)
+        np.testing.assert_array_equal(answer.as_numpy("OUTPUT__1").reshape(-1), expected)
+        names = [v.decode() for v in answer.as_numpy("OUTPUT__2").reshape(-1)]
+        assert names == [labels[i] for i in expected]
+        assert answer.as_numpy("OUTPUT__2").shape == (len(x), 1)

@@ -1956,8 +1956,8 @@ bool
 SetStringBuffer(
     torch::List<torch::jit::IValue>* tensor, TRITONBACKEND_Response** response,
     TRITONBACKEND_Output* response_output, TRITONBACKEND_State* response_state,
-    const size_t tensor_element_count, cudaStream_t stream,
-    std::string* serialized, bool state)
+    const size_t tensor_element_offset, const size_t tensor_element_count,
+    cudaStream_t stream, std::string* serialized, bool state)
 {
   bool cuda_copy = false;
 
@@ -1965,7 +1965,8 @@ SetStringBuffer(
   // a 4-byte length followed by the string itself with no
   // null-terminator.
   serialized->clear();
-  for (size_t e = 0; e < tensor_element_count; ++e) {
+  for (size_t e = tensor_element_offset;
+       e < tensor_element_offset + tensor_element_count; ++e) {
     std::string str = tensor->get(e).to<std::string>();
     const char* cstr = str.c_str();
     size_t len = str.length();
@@ -2025,23 +2026,27 @@ SetStringBuffer(
 bool
 SetStringOutputBuffer(
     torch::List<torch::jit::IValue>* tensor, TRITONBACKEND_Response** response,
-    TRITONBACKEND_Output* response_output, const size_t tensor_element_count,
-    cudaStream_t stream, std::string* serialized)
+    TRITONBACKEND_Output* response_output, const size_t tensor_element_offset,
+    const size_t tensor_element_count, cudaStream_t stream,
+    std::string* serialized)
 {
   return SetStringBuffer(
       tensor, response, response_output, nullptr /* response_state */,
-      tensor_element_count, stream, serialized, false /* state */);
+      tensor_element_offset, tensor_element_count, stream, serialized,
+      false /* state */);
 }
 
 bool
 SetStringStateBuffer(
     torch::List<torch::jit::IValue>* tensor, TRITONBACKEND_Response** response,
-    TRITONBACKEND_State* response_state, const size_t tensor_element_count,
-    cudaStream_t stream, std::string* serialized)
+    TRITONBACKEND_State* response_state, const size_t tensor_element_offset,
+    const size_t tensor_element_count, cudaStream_t stream,
+    std::string* serialized)
 {
   return SetStringBuffer(
       tensor, response, nullptr /* response_output */, response_state,
-      tensor_element_count, stream, serialized, true /* state */);
+      tensor_element_offset, tensor_element_count, stream, serialized,
+      true /* state */);
 }
 
 
@@ -2334,6 +2339,10 @@ ModelInstanceState::ReadOutputTensors(
       // Get output shape
       std::vector<int64_t> batchn_shape{(int64_t)output_list.size()};
 
+      // Where the current request's strings start in the batch's list: each
+      // request owns the next batchn_shape[0] elements, as for tensor outputs.
+      // (Upstream serialises every request's strings from element 0.)
+      size_t tensor_element_offset = 0;
       for (size_t idx = 0; idx < responses->size(); idx++) {
         auto& request = requests[idx];
         auto& response = (*responses)[idx];
@@ -2348,6 +2357,16 @@ ModelInstanceState::ReadOutputTensors(
         }
 
         const size_t tensor_element_cnt = GetElementCount(batchn_shape);
+        if (tensor_element_offset + tensor_element_cnt > output_list.size()) {
+          RESPOND_AND_SET_NULL_IF_ERROR(
+              &response,
+              TRITONSERVER_ErrorNew(
+                  TRITONSERVER_ERROR_INTERNAL,
+                  (std::string("output '") + name + "' has " +
+                   std::to_string(output_list.size()) +
+                   " strings, fewer than the batch's requests need")
+                      .c_str()));
+        }
 
         // Only need an response tensor for requested outputs.
         if (response != nullptr) {
@@ -2360,11 +2379,12 @@ ModelInstanceState::ReadOutputTensors(
                                batchn_shape.size()));
             string_buffer.emplace_back(new std::string());
             cuda_copy |= SetStringOutputBuffer(
-                &output_list, &response, response_output, tensor_element_cnt,
+                &output_list, &response, response_output,
+                tensor_element_offset, tensor_element_cnt,
                 GetCudaStreamByInstanceKind(), string_buffer.back().get());
           }
         }
-        if (output_tensor_pair.second != -1) {
+        if ((response != nullptr) && (output_tensor_pair.second != -1)) {
           TRITONBACKEND_State* response_state;
           RESPOND_AND_SET_NULL_IF_ERROR(
               &response, TRITONBACKEND_StateNew(
@@ -2374,9 +2394,11 @@ ModelInstanceState::ReadOutputTensors(
 
           string_buffer.emplace_back(new std::string());
           cuda_copy |= SetStringStateBuffer(
-              &output_list, &response, response_state, tensor_element_cnt,
-              GetCudaStreamByInstanceKind(), string_buffer.back().get());
+              &output_list, &response, response_state, tensor_element_offset,
+              tensor_element_cnt, GetCudaStreamByInstanceKind(),
+              string_buffer.back().get());
         }
+        tensor_element_offset += tensor_element_cnt;
       }
     } else {
       return TRITONSERVER_ErrorNew(

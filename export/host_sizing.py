@@ -1,0 +1,57 @@
+"""How many instances each host-side stage gets, and how many threads each tokenizer instance.
+
+On a GPU the model is cheap and the host is the bound: every Python stage (tokenizer, BLS) is a
+process of its own, and every instance whose thread pool is the size of the machine competes with
+the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
+most of them to single-threaded tokenizer instances (the costliest step per text, about 0.1 ms
+of one core), a quarter to BLS instances, and full_model gets two instances per GPU (one
+executes while the other's batch forms) with batches of up to 256 texts. On the CPU the stages
+keep the layout measured best on two cores (docs/benchmarks.md): one tokenizer with the library's
+own thread pool, one BLS, two single-threaded full_model instances.
+
+The counts are for the machine that serves; `moe export` sizes for the machine it runs on unless
+told `--host-cores`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostStages:
+    tokenizer_instances: int
+    tokenizer_threads: int  # 0: the tokenizers library's default pool (one thread per core)
+    postprocessing_instances: int
+    bls_instances: int
+    full_model_instances: int  # per GPU on a GPU
+    full_model_max_batch: int  # texts per full_model execution
+
+
+def host_cores() -> int:
+    """Cores this process may run on (the affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages:
+    if device == "cpu":
+        return HostStages(
+            tokenizer_instances=1,
+            tokenizer_threads=0,
+            postprocessing_instances=1,
+            bls_instances=1,
+            full_model_instances=2,
+            full_model_max_batch=max_batch_size,
+        )
+    return HostStages(
+        tokenizer_instances=max(1, cores * 3 // 4),
+        tokenizer_threads=1,
+        postprocessing_instances=max(1, cores // 8),
+        bls_instances=max(1, cores // 4),
+        full_model_instances=2,
+        full_model_max_batch=max(max_batch_size, 256),
+    )
