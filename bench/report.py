@@ -20,11 +20,15 @@ def markdown(result: dict) -> str:
     # As asked, and what "auto" chose.
     asked, used = opts.get("load_client", "moe_client"), result.get("load_client", "moe_client")
     load_client = asked if asked == used else f"{asked}: {used}"
+    per_level = (
+        f"{opts.get('level_seconds')} s per level, every answer checked"
+        if used == "wrk"
+        else f"{opts['requests'] or '300 (at least 20 per worker)'} timed requests per level"
+    )
     lines = [
         f"Machine: {m['cpu_model']}, {m['cores']} cores{gpus}, torch {m['torch']}; "
         f"Triton {server.get('triton_version')}; protocol {opts['protocol']}, "
-        f"load client {load_client}, "
-        f"{opts['requests'] or '300 (at least 20 per worker)'} timed requests per level; "
+        f"load client {load_client}, {per_level}; "
         f"in-process baselines on {opts['device']}; "
         f"load average at start {result['load_average_start']}, at end {result.get('load_average_end')}.",
         "",
@@ -33,8 +37,8 @@ def markdown(result: dict) -> str:
         lines += [f"Command: `{result['command']}`", ""]
     lines += [
         "| workflow | texts per request | concurrency | texts/s | p50 ms | p95 ms | p99 ms | errors | "
-        "agrees with eager | load generator, % of a core |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "agrees with eager | load generator, % of a core | load generator's ceiling, req/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     sizes = result["baselines"]["batch_sizes"]
     for b in sizes["per_request"]:
@@ -45,16 +49,20 @@ def markdown(result: dict) -> str:
         for name, size, s in rows:
             lines.append(
                 f"| {name} | {size} | 1 | {s['throughput']:.1f} | {_fmt(s['p50_ms'])} | "
-                f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 | |"
+                f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 | | |"
             )
         for lv in sorted(
             (lv for lv in result["levels"] if lv["batch_size"] == b), key=lambda lv: (lv["workflow"], lv["concurrency"])
         ):
             load_cpu = _fmt(100 * lv["load_cpu_share"], 0) if "load_cpu_share" in lv else ""
+            ceiling = lv.get("load_ceiling_requests_per_s")
+            ceiling = (
+                "" if ceiling is None else f"{ceiling:,.0f}" + (" (**client-bound**)" if lv["client_bound"] else "")
+            )
             lines.append(
                 f"| {lv['workflow']} | {b} | {lv['concurrency']} | {lv['throughput']:.1f} | "
                 f"{_fmt(lv['p50_ms'])} | {_fmt(lv['p95_ms'])} | {_fmt(lv['p99_ms'])} | {lv['errors']} | "
-                f"{_fmt(lv['agreement_with_eager'], 4)} | {load_cpu} |"
+                f"{_fmt(lv['agreement_with_eager'], 4)} | {load_cpu} | {ceiling} |"
             )
     lines += ["", "| target | required | measured | met |", "|---|---|---:|---|"]
     for t in result["targets"]:

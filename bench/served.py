@@ -29,10 +29,10 @@ from pathlib import Path
 from moe.data import DEFAULT_DATA, load_split
 from moe.errors import MoEError
 
-from . import report, triton_stats
+from . import report, triton_stats, wrk
 from .baseline import EagerModel
 from .load import batches, closed_loop
-from .raw_http import RawHttpClient
+from .raw_http import RawHttpClient, model_name
 
 DEFAULT_OUT = Path("build") / "bench"
 
@@ -69,9 +69,12 @@ class BenchOptions:
     warmup: int | None = None  # untimed requests before each level (None: max(16, 2C))
     batched_baseline: int = 16  # texts per batch of the batched in-process baseline; 0: none
     protocol: str = "http"
-    # "raw": bench.raw_http over HTTP (a third of the CPU per request); "moe_client": the product's
-    # AsyncMoEClient; "auto": raw over HTTP, moe_client over gRPC.
+    # "wrk": the compiled load generator (bench/wrk.py), for as many seconds as `level_seconds`;
+    # "raw": bench.raw_http over HTTP (a third of wrk's rate on one core); "moe_client": the
+    # product's AsyncMoEClient; "auto": wrk over HTTP where it is installed, else raw; moe_client
+    # over gRPC.
     load_client: str = "auto"
+    level_seconds: float = 8.0
     checkpoint: Path | None = None  # the model of the baselines (default: the bundled one)
     device: str = "cpu"  # where the baselines run
     data: Path = DEFAULT_DATA  # AG News folder: test.csv texts
@@ -207,18 +210,42 @@ def level_requests(opts: BenchOptions, concurrency: int) -> int:
     return opts.requests if opts.requests is not None else max(300, 20 * concurrency)
 
 
+LOAD_CLIENTS = ("auto", "wrk", "raw", "moe_client")
+
+
 def load_client_kind(opts: BenchOptions) -> str:
-    """ "raw" or "moe_client": what `opts.load_client` means for its protocol."""
+    """ "wrk", "raw" or "moe_client": what `opts.load_client` means for its protocol."""
     if opts.load_client != "auto":
         return opts.load_client
-    return "raw" if opts.protocol == "http" else "moe_client"
+    if opts.protocol != "http":
+        return "moe_client"
+    return "wrk" if wrk.available() else "raw"
+
+
+async def closed_loop_level(client, workflow: str, plan, want, untimed, concurrency: int, progress) -> dict:
+    """A timed level of the Python load client (bench/load.py): its summary, this process's CPU
+    and how many answers differ from the eager model's."""
+    cpu0 = time.process_time()
+    run = await closed_loop(client, [(workflow, t) for t in plan], concurrency, progress=progress, keep_busy=untimed)
+    cpu = time.process_time() - cpu0
+    pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
+    disagreements = sum(g != w for g, w in pairs)
+    return dict(
+        **run.summary(),
+        # This process's CPU (the load generator and the memory sampler) per request sent, and as
+        # a share of one core: the cores it took from the server when both share a machine.
+        load_cpu_ms_per_request=round(1e3 * cpu / (len(plan) + run.untimed), 3),
+        load_cpu_share=round(cpu / max(run.seconds, 1e-9), 3),
+        disagreements=disagreements,
+        agreement_with_eager=round(1 - disagreements / len(pairs), 4) if pairs else None,
+    )
 
 
 def load_client(opts: BenchOptions, endpoint: Endpoint):
     """The client the workers share (an async context manager)."""
     from moe_client import AsyncMoEClient
 
-    if load_client_kind(opts) == "raw":
+    if load_client_kind(opts) in ("raw", "wrk"):  # wrk levels use it for the warm-up only
         return RawHttpClient(endpoint.url, timeout=opts.timeout_s)
     return AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0)
 
@@ -230,10 +257,14 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
         raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
-    if opts.load_client not in ("auto", "raw", "moe_client"):
-        raise MoEError(f"--load-client must be auto, raw or moe_client, not {opts.load_client!r}")
-    if opts.load_client == "raw" and opts.protocol != "http":
-        raise MoEError("--load-client raw speaks HTTP only: use --protocol http, or --load-client moe_client")
+    if opts.load_client not in LOAD_CLIENTS:
+        raise MoEError(f"--load-client must be one of {', '.join(LOAD_CLIENTS)}, not {opts.load_client!r}")
+    if opts.load_client in ("raw", "wrk") and opts.protocol != "http":
+        raise MoEError(
+            f"--load-client {opts.load_client} speaks HTTP only: use --protocol http, or --load-client moe_client"
+        )
+    if opts.load_client == "wrk" and not wrk.available():
+        raise MoEError("--load-client wrk: wrk is not installed (Debian's `wrk`; `make setup` installs it)")
     if (
         (opts.requests is not None and opts.requests < 1)
         or min(opts.batch_sizes, default=0) < 1
@@ -288,6 +319,8 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         MemorySampler(endpoint.memory, rss_mb=endpoint.rss_mb).__enter__() if endpoint.memory is not None else None
     )
 
+    by_wrk, ceilings = load_client_kind(opts) == "wrk", {}
+
     async def serve_levels():
         async with load_client(opts, endpoint) as client:
             for b, plan in plans.items():
@@ -298,40 +331,29 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                 for c in opts.concurrency:
                     for workflow in opts.workflows:
                         bar.set_postfix_str(f"{workflow}, batch {b}, C={c}")
-                        n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
-                        untimed = [(workflow, t) for t in batches(texts, b, max(n_warm, c), start=most)]
-                        await closed_loop(client, untimed[:n_warm], c)
+                        n = level_requests(opts, c)
+                        if by_wrk:
+                            args = (endpoint.url, model_name(workflow), plan[:n], want[:n], eager.labels, c)
+                            await asyncio.to_thread(wrk.warm_up, *args)
+                        else:
+                            n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
+                            untimed = [(workflow, t) for t in batches(texts, b, max(n_warm, c), start=most)]
+                            await closed_loop(client, untimed[:n_warm], c)
                         s0, m0 = (
                             _try(triton_stats.model_stats, endpoint.http_url),
                             _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
                         )
-                        load0, cpu0 = load_average(), time.process_time()
-                        timed = [(workflow, t) for t in plan[: level_requests(opts, c)]]
-                        run = await closed_loop(client, timed, c, progress=bar.update, keep_busy=untimed)
-                        cpu = time.process_time() - cpu0
+                        load0 = load_average()
+                        if by_wrk:
+                            run = await asyncio.to_thread(wrk.bench_level, *args, opts.level_seconds, ceilings)
+                            bar.update(n)
+                        else:
+                            run = await closed_loop_level(client, workflow, plan[:n], want, untimed, c, bar.update)
                         s1, m1 = (
                             _try(triton_stats.model_stats, endpoint.http_url),
                             _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
                         )
-                        level = dict(
-                            workflow=workflow,
-                            batch_size=b,
-                            concurrency=c,
-                            **run.summary(),
-                            load_average=load0,
-                            # This process's CPU (the load generator and the memory sampler) per
-                            # request sent, and as a share of one core: the cores it took from the
-                            # server when both share a machine.
-                            load_cpu_ms_per_request=round(1e3 * cpu / (len(timed) + run.untimed), 3),
-                            load_cpu_share=round(cpu / max(run.seconds, 1e-9), 3),
-                        )
-                        pairs = [
-                            (g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)
-                        ]
-                        level["disagreements"] = sum(g != w for g, w in pairs)
-                        level["agreement_with_eager"] = (
-                            round(1 - level["disagreements"] / len(pairs), 4) if pairs else None
-                        )
+                        level = dict(workflow=workflow, batch_size=b, concurrency=c, **run, load_average=load0)
                         if s0 is not None and s1 is not None:
                             md = (
                                 triton_stats.delta(m1, m0)
@@ -342,7 +364,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                                 # The server's counts include the requests that kept the workers busy.
                                 triton_stats.delta(s1, s0),
                                 md,
-                                len(timed) + run.untimed,
+                                run["requests"] + run["untimed"],
                             )
                             if workflow == "v1" and level["breakdown"].get("bls"):
                                 stages = list(level["breakdown"]["bls"]["stage_ms_per_request"])

@@ -519,12 +519,19 @@ def int_list(value: str) -> list[int]:
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True)
 @click.option(
     "--load-client",
-    type=click.Choice(["auto", "raw", "moe_client"]),
+    type=click.Choice(["auto", "wrk", "raw", "moe_client"]),
     default="auto",
     show_default=True,
-    help="what sends the requests: raw = a lean HTTP client, a third of the CPU per request "
-    "(it shares the cores with the server here); moe_client = the product's AsyncMoEClient; "
-    "auto = raw over HTTP, moe_client over gRPC",
+    help="what sends the requests: wrk = the compiled load generator, every answer checked; "
+    "raw = a lean Python HTTP client; moe_client = the product's AsyncMoEClient; "
+    "auto = wrk over HTTP where it is installed (else raw), moe_client over gRPC",
+)
+@click.option(
+    "--level-seconds",
+    type=float,
+    default=8.0,
+    show_default=True,
+    help="how long each level runs with wrk (the Python clients send --requests instead)",
 )
 @click.option("--workflows", default="v1,v2", show_default=True)
 @click.option(
@@ -578,6 +585,7 @@ def bench(
     url,
     protocol,
     load_client,
+    level_seconds,
     workflows,
     concurrency,
     batch_sizes,
@@ -609,6 +617,7 @@ def bench(
         batched_baseline=batched_baseline,
         protocol=protocol,
         load_client=load_client,
+        level_seconds=level_seconds,
         checkpoint=checkpoint,
         device=device,
         data=Path(data),

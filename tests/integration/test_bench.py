@@ -17,6 +17,7 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
         requests=6,
         warmup=2,
         batched_baseline=4,
+        load_client="raw",
         checkpoint=tiny_checkpoint,
         data=data_dir,
         out=tmp_path,
@@ -53,8 +54,7 @@ def test_bench_smoke(server, tiny_checkpoint, data_dir, tmp_path):
         ("v1", 3, 4),
         ("v2", 3, 4),
     ]
-    assert "load client auto" in (tmp_path / "bench.md").read_text()
-    assert saved["load_client"] == "raw" and "load client auto: raw," in (tmp_path / "bench.md").read_text()
+    assert saved["load_client"] == "raw" and "load client raw," in (tmp_path / "bench.md").read_text()
     for level in saved["levels"]:
         assert level["errors"] == 0 and level["requests"] == 6
         assert level["load_cpu_ms_per_request"] > 0 and level["load_cpu_share"] > 0
@@ -164,3 +164,53 @@ def test_bench_with_the_product_client(server, tiny_checkpoint, data_dir, tmp_pa
     assert "load client moe_client" in (tmp_path / "bench.md").read_text()
     with pytest.raises(MoEError, match="HTTP only"):
         run_bench(BenchOptions(protocol="grpc", load_client="raw", out=tmp_path), endpoint)
+
+
+def test_bench_with_wrk_checks_every_answer(server, tiny_checkpoint, data_dir, tmp_path):
+    """`auto` picks wrk where it is installed: time-based levels, every answer's labels checked
+    against eager, the load generator's own ceiling measured on the same connections."""
+    from bench import wrk
+
+    if not wrk.available():
+        pytest.fail("wrk is not installed: `make setup` installs it")
+    opts = BenchOptions(
+        workflows=["v1", "v2"],
+        concurrency=[2],
+        batch_sizes=[1, 3],
+        level_seconds=1,
+        batched_baseline=0,
+        checkpoint=tiny_checkpoint,
+        data=data_dir,
+        out=tmp_path,
+        plots=False,
+        progress=False,
+    )
+    endpoint = Endpoint(url=server.http_url, http_url=server.http_url)
+    result = run_bench(opts, endpoint, log=lambda *_: None)
+    assert result["load_client"] == "wrk"
+    for level in result["levels"]:
+        assert level["errors"] == 0 and level["disagreements"] == 0, level
+        assert level["checked"] > 0 and level["agreement_with_eager"] == 1.0
+        assert level["throughput"] == pytest.approx(level["requests_per_s"] * level["batch_size"], rel=1e-3)
+        assert level["load_ceiling_requests_per_s"] > level["requests_per_s"] > 0
+        assert level["load_cpu_ms_per_request"] > 0
+        assert 0 < level["p50_ms"] <= level["p99_ms"]
+        assert "tokenizer" in level["breakdown"]["models"]
+    assert "load client auto: wrk" in (tmp_path / "bench.md").read_text()
+
+
+def test_wrk_counts_wrong_answers_and_server_errors(server, data_dir):
+    """The Lua script's checks can fail: answers unlike the expected labels are counted as
+    disagreements, and the server's error message comes back with the count of failed requests."""
+    from bench import wrk
+    from moe.data import load_split
+
+    texts = load_split(str(data_dir), "test").texts[:1]
+    labels = [["World"], ["Sports"], ["Business"], ["Sci/Tech"]]
+    wrong = wrk.run_level(server.http_url, "moe_v2", [[texts[0]]] * 4, [([i], labels[i]) for i in range(4)], 2, 1)
+    assert wrong["checked"] > 0
+    # Each text has one answer: of four expectations for the same text, at most one is right.
+    assert wrong["disagreements"] >= wrong["checked"] * 3 // 4 - 2
+    failed = wrk.run_level(server.http_url, "moe_v2", [[" "]], [([0], ["World"])], 2, 1)
+    assert failed["checked"] == 0 and failed["errors"] > 0
+    assert any("empty or whitespace" in m for m in failed["error_messages"]), failed["error_messages"]
