@@ -67,8 +67,9 @@ class ExportOptions:
     # every layer's activations cross to the host and back (kept to measure what that costs).
     bls_device: str = "auto"
     # v2's model: on the CPU two instances of one thread each (both cores busy without OpenMP
-    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU one
-    # instance and one group. None: by device. Measured: docs/benchmarks.md.
+    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU two
+    # instances on every GPU (export/host_sizing.py) and one group. None: by device. Measured:
+    # docs/benchmarks.md, docs/gpu_serving.md.
     full_model_instances: int | None = None
     length_group: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,

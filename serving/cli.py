@@ -142,7 +142,9 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     show_default=True,
     help="where v1's BLS runs: auto = with the pieces; cpu = on the CPU whatever their device",
 )
-@click.option("--full-model-instances", type=int, help="instances of v2's model (default: 2 on the CPU, 1 on a GPU)")
+@click.option(
+    "--full-model-instances", type=int, help="instances of v2's model (default: 2 on the CPU, 2 on every GPU)"
+)
 @click.option(
     "--length-group",
     type=int,
@@ -161,7 +163,25 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     type=click.IntRange(min=1),
     help="v1 runs each batch as this many length-sorted groups at once (default: 2 on the CPU, 1 on a GPU)",
 )
-@click.option("--max-batch-size", type=int, default=64, show_default=True)
+@click.option("--max-batch-size", type=int, default=64, show_default=True, help="texts per request, at most")
+@click.option(
+    "--host-cores",
+    type=click.IntRange(min=1),
+    help="cores of the serving machine that the host-side stages are sized for (default: this machine's)",
+)
+@click.option("--tokenizer-instances", type=click.IntRange(min=1), help="default: sized for the host's cores")
+@click.option(
+    "--tokenizer-threads",
+    type=click.IntRange(min=0),
+    help="each tokenizer instance's thread pool (0: one per core; default: 1 on a GPU host, 0 on the CPU)",
+)
+@click.option("--postprocessing-instances", type=click.IntRange(min=1), help="default: sized for the host's cores")
+@click.option("--bls-instances", type=click.IntRange(min=1), help="v1's BLS (default: sized for the host's cores)")
+@click.option(
+    "--full-model-max-batch",
+    type=click.IntRange(min=1),
+    help="texts per execution of v2's model (default: 256 on a GPU, --max-batch-size on the CPU)",
+)
 @click.option(
     "--max-queue-size",
     type=int,
@@ -188,6 +208,12 @@ def export_(
     v1_groups,
     expert_fanout,
     max_batch_size,
+    host_cores,
+    tokenizer_instances,
+    tokenizer_threads,
+    postprocessing_instances,
+    bls_instances,
+    full_model_max_batch,
     max_queue_size,
     queue_timeout_ms,
 ):
@@ -207,6 +233,12 @@ def export_(
         v1_groups=v1_groups,
         expert_fanout=expert_fanout,
         max_batch_size=max_batch_size,
+        host_cores=host_cores,
+        tokenizer_instances=tokenizer_instances,
+        tokenizer_threads=tokenizer_threads,
+        postprocessing_instances=postprocessing_instances,
+        bls_instances=bls_instances,
+        full_model_max_batch=full_model_max_batch,
         max_queue_size=max_queue_size,
         queue_timeout_us=queue_timeout_ms * 1000,
     )

@@ -59,6 +59,11 @@ echo "rapidjson headers (Debian's rapidjson-dev)"
 (cd "$TMP" && apt-get download rapidjson-dev >/dev/null 2>&1) || { apt-get update -qq && (cd "$TMP" && apt-get download rapidjson-dev); }
 cp "$TMP"/rapidjson-dev_*.deb "$OUT/"
 
+echo "wrk, the compiled load generator of moe bench, and its LuaJIT (Debian's packages)"
+(cd "$TMP" && apt-get download wrk libluajit-5.1-2 libluajit-5.1-common >/dev/null 2>&1) \
+  || { apt-get update -qq && (cd "$TMP" && apt-get download wrk libluajit-5.1-2 libluajit-5.1-common); }
+mkdir -p "$OUT/debs" && cp "$TMP"/wrk_*.deb "$TMP"/libluajit-5.1-*.deb "$OUT/debs/"
+
 echo "AG News test set (the data folder does not travel with the project)"
 DATA=$($PY -c 'from moe.data import DEFAULT_DATA; print(DEFAULT_DATA)')
 xz -9 -c "$DATA/test.csv" > "$OUT/test.csv.xz"

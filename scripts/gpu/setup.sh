@@ -20,10 +20,15 @@ tar -C "$MOE_GPU_HOME/server" -xJf "$CARRY/server.tar.xz"
 xz -dc "$CARRY/test.csv.xz" > "$MOE_GPU_HOME/data/ag_news/test.csv"
 # Headers and a CMake config only (its paths say /usr/include).
 dpkg -x "$CARRY"/rapidjson-dev_*.deb /
+# wrk unpacked beside the rest (not into /), its LuaJIT found through LD_LIBRARY_PATH.
+for deb in "$CARRY"/debs/*.deb; do dpkg -x "$deb" "$MOE_GPU_HOME/debs"; done
+export PATH="$MOE_GPU_HOME/debs/usr/bin:$PATH"
+export LD_LIBRARY_PATH="$MOE_GPU_HOME/debs/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export MOE_DATA="$MOE_GPU_HOME/data/ag_news"
 export PATH="$MOE_GPU_HOME/env/bin:$PATH"
 [ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"
 export PYTHONPATH="$MOE_GPU_HOME/server:$PWD:$PWD/client${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 python3 -c 'import numpy, torch; print("numpy", numpy.__version__, "torch", torch.__version__, torch.cuda.device_count(), "GPUs")'
+# A build carried from an earlier call on the same kind of machine (MOE_BACKEND_CACHE) is reused.
 python3 -m serving.pytorch_backend --gpu

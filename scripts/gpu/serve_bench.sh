@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# On a GPU machine, after `source scripts/gpu/setup.sh`: one export of the bundled checkpoint,
+# its answers checked (v1 = v2 = eager on 1,000 test texts), then `moe bench` with wrk (single
+# texts and batches of 32) while GPU utilisation and each process's CPU are sampled.
+#
+#   scripts/gpu/serve_bench.sh NAME RESULTS [EXPORT OPTIONS ...]
+#     e.g. scripts/gpu/serve_bench.sh default $OUT/results
+#          WORKFLOWS=v2 scripts/gpu/serve_bench.sh tok8 $OUT/results --tokenizer-instances 8
+# Environment: WORKFLOWS (v2,v1), CONCURRENCY (1,64,256), BATCH_SIZES (1,32), SECONDS (5),
+# CHECK (1: check answers first).
+set -uo pipefail
+NAME=$1 RESULTS=$2
+shift 2
+mkdir -p "$RESULTS"
+repo="$MOE_GPU_HOME/build-$NAME"
+echo "=== $NAME: export $* ($(date +%T))"
+python3 -m serving.cli export --device cuda --out "$repo" "$@" > "$RESULTS/export-$NAME.log" 2>&1 \
+  || { echo "export failed"; tail -5 "$RESULTS/export-$NAME.log"; exit 1; }
+grep -h "count:\|max_batch_size\|threads" "$repo"/model_repository/{tokenizer,full_model,postprocessing,moe_bls}/config.pbtxt \
+  | grep -v "^#" > "$RESULTS/sizing-$NAME.txt"
+if [ "${CHECK:-1}" = 1 ]; then
+  python3 -m serving.cli serve --repository "$repo" --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
+    > "$RESULTS/serve-$NAME.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 180); do curl -sf localhost:18000/v2/health/ready > /dev/null && break; sleep 1; done
+  timeout 120 python3 scripts/gpu/check_answers.py --url 127.0.0.1:18000 --device cuda \
+    --out "$RESULTS/answers-$NAME.json" > "$RESULTS/answers-$NAME.log" 2>&1
+  echo "answers: $(grep -o '"ok": [a-z]*' "$RESULTS/answers-$NAME.json" 2>/dev/null || tail -2 "$RESULTS/answers-$NAME.log")"
+  kill -TERM $pid; timeout 60 tail --pid=$pid -f /dev/null
+fi
+nvidia-smi dmon -s u -d 1 > "$RESULTS/gpu-util-$NAME.txt" 2>&1 &
+dmon=$!
+top -b -d 5 -w 250 > "$RESULTS/top-$NAME.txt" 2>&1 &
+topp=$!
+timeout 400 python3 -m serving.cli bench --repository "$repo" --device cuda --load-client wrk \
+  --workflows "${WORKFLOWS:-v2,v1}" --batch-size "${BATCH_SIZES:-1,32}" --concurrency "${CONCURRENCY:-1,64,256}" \
+  --level-seconds "${SECONDS_PER_LEVEL:-5}" --targets gpu --no-plots --out "$RESULTS/bench-$NAME" \
+  --server-log "$RESULTS/tritonserver-$NAME.log" > "$RESULTS/bench-$NAME.log" 2>&1
+echo "bench exit $?"
+kill $dmon $topp 2>/dev/null
+grep "^| " "$RESULTS/bench-$NAME.log" | head -30
