@@ -12,10 +12,10 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	@# Build tools of NVIDIA's libtorch backend; the Python backend's stub embeds the system's
 	@# libpython of the same version; Debian's docker-compose validates docker-compose.yml in
-	@# the tests (there is no Docker engine here).
+	@# the tests (there is no Docker engine here); wrk is moe bench's load generator.
 	@v=$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
 	  need=""; \
-	  for tool in cmake ninja g++ docker-compose; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
+	  for tool in cmake ninja g++ docker-compose wrk; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
 	  [ -f /usr/share/cmake/RapidJSON/RapidJSONConfig.cmake ] || need="$$need rapidjson-dev"; \
 	  ldconfig -p | grep -q "libpython$$v.so.1.0" || need="$$need libpython$$v"; \
 	  need=$$(echo "$$need" | sed 's/ ninja/ ninja-build/'); \

@@ -5,7 +5,8 @@ process of its own, and every instance whose thread pool is the size of the mach
 the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
 most of them to single-threaded tokenizer instances (the costliest step per text, about 0.1 ms
 of one core), a quarter to BLS instances, and full_model gets two instances per GPU (one
-executes while the other's batch forms) with batches of up to 256 texts. On the CPU the stages
+executes while the other's batch forms); full_model and the BLS take batches of up to 256 texts,
+since a GPU piece costs about the same per execution whether it runs 30 texts or 250. On the CPU the stages
 keep the layout measured best on two cores (docs/benchmarks.md): one tokenizer with the library's
 own thread pool, one BLS, two single-threaded full_model instances.
 
@@ -25,6 +26,7 @@ class HostStages:
     tokenizer_threads: int  # 0: the tokenizers library's default pool (one thread per core)
     postprocessing_instances: int
     bls_instances: int
+    bls_max_batch: int  # texts per BLS execution (each execution's pieces are launch-bound on a GPU)
     full_model_instances: int  # per GPU on a GPU
     full_model_max_batch: int  # texts per full_model execution
 
@@ -44,6 +46,7 @@ def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages
             tokenizer_threads=0,
             postprocessing_instances=1,
             bls_instances=1,
+            bls_max_batch=max_batch_size,
             full_model_instances=2,
             full_model_max_batch=max_batch_size,
         )
@@ -52,6 +55,7 @@ def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages
         tokenizer_threads=1,
         postprocessing_instances=max(1, cores // 8),
         bls_instances=max(1, cores // 4),
+        bls_max_batch=max(max_batch_size, 256),
         full_model_instances=2,
         full_model_max_batch=max(max_batch_size, 256),
     )

@@ -91,6 +91,7 @@ class ExportOptions:
     tokenizer_threads: int | None = None
     postprocessing_instances: int | None = None
     bls_instances: int | None = None
+    bls_max_batch: int | None = None
     full_model_max_batch: int | None = None
 
     def resolved(self) -> ExportOptions:
@@ -109,6 +110,7 @@ class ExportOptions:
             tokenizer_threads=pick("tokenizer_threads"),
             postprocessing_instances=pick("postprocessing_instances"),
             bls_instances=pick("bls_instances"),
+            bls_max_batch=pick("bls_max_batch"),
             full_model_max_batch=pick("full_model_max_batch"),
             full_model_instances=pick("full_model_instances"),
             length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
@@ -311,7 +313,7 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         write_model(name, "expert", dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))
     tokenizer = write_model("tokenizer", "tokenizer")
     shutil.copy2(ckpt / TOKENIZER, tokenizer / "1" / TOKENIZER)
-    bls = write_model("moe_bls", "moe_bls")
+    bls = write_model("moe_bls", "moe_bls", dict(max_batch_size=opts.bls_max_batch))
     (bls / "1" / "moe_routing.py").write_bytes(ROUTING_SOURCE.read_bytes())
     write_model("postprocessing", "postprocessing")
     for name in ("attention_gating", "embedding_attention_gating"):  # v1's chained pieces

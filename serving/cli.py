@@ -178,6 +178,11 @@ def eval_(checkpoint, data, split, as_json, batch_size):
 @click.option("--postprocessing-instances", type=click.IntRange(min=1), help="default: sized for the host's cores")
 @click.option("--bls-instances", type=click.IntRange(min=1), help="v1's BLS (default: sized for the host's cores)")
 @click.option(
+    "--bls-max-batch",
+    type=click.IntRange(min=1),
+    help="texts per execution of v1's BLS (default: 256 on a GPU, --max-batch-size on the CPU)",
+)
+@click.option(
     "--full-model-max-batch",
     type=click.IntRange(min=1),
     help="texts per execution of v2's model (default: 256 on a GPU, --max-batch-size on the CPU)",
@@ -213,6 +218,7 @@ def export_(
     tokenizer_threads,
     postprocessing_instances,
     bls_instances,
+    bls_max_batch,
     full_model_max_batch,
     max_queue_size,
     queue_timeout_ms,
@@ -238,6 +244,7 @@ def export_(
         tokenizer_threads=tokenizer_threads,
         postprocessing_instances=postprocessing_instances,
         bls_instances=bls_instances,
+        bls_max_batch=bls_max_batch,
         full_model_max_batch=full_model_max_batch,
         max_queue_size=max_queue_size,
         queue_timeout_us=queue_timeout_ms * 1000,
