@@ -4,8 +4,9 @@ On a GPU the model is cheap and the host is the bound: every Python stage (token
 process of its own, and every instance whose thread pool is the size of the machine competes with
 the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
 most of them to single-threaded tokenizer instances (the costliest step per text, about 0.1 ms
-of one core), a quarter to BLS instances, and full_model gets two instances per GPU (one
-executes while the other's batch forms); full_model and the BLS take batches of up to 256 texts,
+of one core), a quarter to BLS instances, and full_model gets four instances per GPU: each
+execution waits on the GPU a few times (the routing reads expert counts back), and another
+instance launches its kernels meanwhile. full_model and the BLS take batches of up to 256 texts,
 since a GPU piece costs about the same per execution whether it runs 30 texts or 250. On the CPU the stages
 keep the layout measured best on two cores (docs/benchmarks.md): one tokenizer with the library's
 own thread pool, one BLS, two single-threaded full_model instances.
@@ -56,6 +57,6 @@ def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages
         postprocessing_instances=max(1, cores // 8),
         bls_instances=max(1, cores // 4),
         bls_max_batch=max(max_batch_size, 256),
-        full_model_instances=2,
+        full_model_instances=4,
         full_model_max_batch=max(max_batch_size, 256),
     )

@@ -120,7 +120,9 @@ def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) ->
 class FullModel(nn.Module):
     """v2 over a ragged batch: Triton's dynamic batcher concatenates requests of any lengths
     (each padded by the tokenizer to its own longest text) and gives each text's length (the
-    BATCH_ITEM_SHAPE batch input), so texts of different lengths share one call.
+    BATCH_ITEM_SHAPE batch input), so texts of different lengths share one call. It answers as
+    the `postprocessing` model does (probabilities, class id, class name), so v2's ensemble has
+    no third step: each step is a queue and a hand-off per request, which single texts feel most.
 
     With `length_group` > 0 the texts run sorted by length in groups of that many, each padded
     only to its own longest text (measured on the 2-core CPU: 2.87 ms per test text in groups of
@@ -130,11 +132,16 @@ class FullModel(nn.Module):
     def __init__(self, model: MoEClassifier, length_group: int = 0):
         super().__init__()
         self.model = model
+        self.answer = Postprocessing(list(model.cfg.labels))
         self.pad_id = model.cfg.pad_id
         self.n_classes = model.cfg.n_classes
         self.length_group = length_group
 
-    def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
+    def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
+        return self.answer(self.logits(ids, mask, lengths))
+
+    @torch.jit.export
+    def logits(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
         ids, mask = unflatten_ragged(ids, mask, lengths, self.pad_id)
         if self.length_group <= 0 or ids.shape[0] <= 1:
             return self.model(ids, mask)

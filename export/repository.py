@@ -67,7 +67,7 @@ class ExportOptions:
     # every layer's activations cross to the host and back (kept to measure what that costs).
     bls_device: str = "auto"
     # v2's model: on the CPU two instances of one thread each (both cores busy without OpenMP
-    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU two
+    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU four
     # instances on every GPU (export/host_sizing.py) and one group. None: by device. Measured:
     # docs/benchmarks.md, docs/gpu_serving.md.
     full_model_instances: int | None = None

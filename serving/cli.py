@@ -143,7 +143,7 @@ def eval_(checkpoint, data, split, as_json, batch_size):
     help="where v1's BLS runs: auto = with the pieces; cpu = on the CPU whatever their device",
 )
 @click.option(
-    "--full-model-instances", type=int, help="instances of v2's model (default: 2 on the CPU, 2 on every GPU)"
+    "--full-model-instances", type=int, help="instances of v2's model (default: 2 on the CPU, 4 on every GPU)"
 )
 @click.option(
     "--length-group",

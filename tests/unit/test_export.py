@@ -38,18 +38,21 @@ def test_full_model_on_a_ragged_batch_equals_the_padded_forward():
     full = FullModel(model).eval()
     with torch.no_grad():
         expected = model(ids, mask)
-        got = full(*ragged(ids, mask))
+        got = full.logits(*ragged(ids, mask))
         # Requests that arrive padded to their own length (the tokenizer pads per request).
         first, second = (ids[:3], mask[:3]), (ids[3:], mask[3:])
         parts = [
             (i.reshape(-1), m.reshape(-1), torch.full((i.shape[0], 1), i.shape[1], dtype=torch.int32))
             for i, m in (first, second)
         ]
-        joined = full(*(torch.cat(column) for column in zip(*parts)))
+        joined = full.logits(*(torch.cat(column) for column in zip(*parts)))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(joined, expected, atol=1e-5, rtol=0)
-    scripted = torch.jit.script(full)
-    torch.testing.assert_close(scripted(*ragged(ids, mask)), expected, atol=1e-5, rtol=0)
+    # Served, it answers as post-processing does: probabilities, class id, class name.
+    probs, label_id, labels = torch.jit.script(full)(*ragged(ids, mask))
+    torch.testing.assert_close(probs, torch.softmax(expected, -1), atol=1e-5, rtol=0)
+    assert label_id.reshape(-1).tolist() == expected.argmax(-1).tolist()
+    assert labels == [model.cfg.labels[i] for i in expected.argmax(-1).tolist()]
 
 
 def test_full_model_in_length_sorted_groups_equals_the_padded_forward():
@@ -58,5 +61,5 @@ def test_full_model_in_length_sorted_groups_equals_the_padded_forward():
     with torch.no_grad():
         expected = model(ids, mask)
         for group in (1, 4, 16):
-            got = torch.jit.script(FullModel(model, length_group=group).eval())(*ragged(ids, mask))
+            got = torch.jit.script(FullModel(model, length_group=group).eval()).logits(*ragged(ids, mask))
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
