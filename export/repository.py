@@ -74,13 +74,8 @@ class ExportOptions:
     # with as many instances of the attention and gating models: 2 on the CPU (both cores busy,
     # and less padding), 1 on a GPU. None: by device.
     v1_groups: int | None = None
-    # How the BLS reaches a layer's experts: "ensemble", one request to the `experts` ensemble
-    # that runs all of them inside the server, or "calls", one request per busy expert. On the
-    # CPU the ensemble takes every layer, an idle expert on its empty chunk; on a GPU only layers
-    # whose experts all have tokens (tritonserver 2.51 crashes on an empty GPU tensor in its
-    # answer). "auto" is the ensemble: on the CPU it measured lower latency at concurrency 1 and
-    # less BLS CPU per text under load (docs/benchmarks.md), on one and two H200s more v1
-    # throughput under load (docs/gpu_serving.md). Remote experts are called one by one.
+    # How the BLS reaches a layer's experts: "ensemble" (the `experts` ensemble, one request) or
+    # "calls" (one request per busy expert); "auto" is the ensemble. expert_calls() says why.
     expert_fanout: str = "auto"
 
     def resolved(self) -> ExportOptions:
@@ -131,6 +126,31 @@ def experts_ensemble(n_experts: int, d_model: int) -> dict:
     )
 
 
+def bls_on_gpu(opts: ExportOptions) -> bool:
+    return opts.device == "cuda" and opts.bls_device == "auto"
+
+
+def expert_calls(opts: ExportOptions) -> str:
+    """How the BLS reaches a layer's experts, written into its config (it only reads it):
+
+    "ensemble": one request to the `experts` ensemble, which runs every expert concurrently
+        inside the server, an idle expert on its empty chunk (an execution that computes
+        nothing, about 45 us of server time, against the 0.5-1 ms a round trip of its own costs
+        the BLS). On the CPU it measured lower latency at concurrency 1 and less BLS CPU per text
+        under load (docs/benchmarks.md), on one and two H200s more v1 throughput under load.
+    "ensemble_if_all_busy": the same for layers whose experts all have tokens, one request per
+        busy expert otherwise. A BLS on a GPU gets this: an empty GPU tensor in the ensemble's
+        answer crashes tritonserver 2.51 (in its Python backend, receiving the answer; seen on
+        an H200).
+    "calls": one request per busy expert, all in flight at once, idle experts not called
+        (--expert-fanout calls). Remote experts are always called so: the ensemble runs local
+        experts only.
+    """
+    if opts.expert_fanout == "calls":
+        return "calls"
+    return "ensemble_if_all_busy" if bls_on_gpu(opts) else "ensemble"
+
+
 def pbtxt_string(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -139,6 +159,16 @@ def instance_group(opts: ExportOptions, gpu: int = 0, count: int = 1) -> str:
     if opts.device == "cuda":
         return f"{{ count: {count} kind: KIND_GPU gpus: [ {gpu % max(1, opts.gpus)} ] }}"
     return f"{{ count: {count} kind: KIND_CPU }}"
+
+
+def copy_python(source, dest: Path) -> None:
+    """The Python files of a model's version folder, its packages (the BLS's bls/) included."""
+    for f in source.iterdir():
+        if f.is_dir() and f.name != "__pycache__":
+            (dest / f.name).mkdir()
+            copy_python(f, dest / f.name)
+        elif f.name.endswith(".py"):
+            (dest / f.name).write_bytes(f.read_bytes())
 
 
 def fill(template, values: dict) -> str:
@@ -244,13 +274,13 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         labels_json=pbtxt_string(json.dumps(list(cfg.labels))),
         expert_models=",".join(experts),
         v1_groups=opts.v1_groups,
-        expert_fanout=opts.expert_fanout,
+        expert_calls=expert_calls(opts),
         **experts_ensemble(cfg.n_experts, cfg.d_model),
         max_text_chars=cfg.max_len * 64,
         pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
         instance_group=instance_group(opts),
         libtorch_parameters=LIBTORCH_PARAMETERS,
-        bls_instance_group=instance_group(opts if opts.bls_device == "auto" else replace(opts, device="cpu")),
+        bls_instance_group=instance_group(opts if bls_on_gpu(opts) else replace(opts, device="cpu")),
     )
 
     def write_model(name: str, template: str, extra: dict | None = None):
@@ -258,9 +288,8 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         (folder / "1").mkdir(parents=True)
         (folder / "config.pbtxt").write_text(fill(source / "config.pbtxt", {**values, **(extra or {})}))
         if name in PYTHON_MODELS:
-            for f in [*(source / "1").iterdir(), SHARED_PYTHON]:
-                if f.name.endswith(".py"):
-                    (folder / "1" / f.name).write_bytes(f.read_bytes())
+            copy_python(source / "1", folder / "1")
+            (folder / "1" / SHARED_PYTHON.name).write_bytes(SHARED_PYTHON.read_bytes())
         if name in scripted:
             torch.jit.save(scripted[name], str(folder / "1" / "model.pt"))
         return folder
