@@ -23,18 +23,19 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from moe.data import DEFAULT_DATA, load_split
+from moe.data import load_split
 from moe.errors import MoEError
 
 from . import report, triton_stats
 from .baseline import EagerModel
+from .clients import check_load_client, load_client, load_client_kind
 from .load import batches, closed_loop
-from .raw_http import RawHttpClient
+from .options import DEFAULT_OUT, BenchOptions, Endpoint
 
-DEFAULT_OUT = Path("build") / "bench"
+__all__ = ["DEFAULT_OUT", "BenchOptions", "Endpoint", "load_client_kind", "run_bench"]
 
 # (key, what, limit, "min" | "max") per target set: `--targets cpu` for the 2-core CPU machine,
 # `--targets gpu` for one or two GPUs.
@@ -58,41 +59,6 @@ TARGETS = {
         ("disagreements", "answers unlike eager, all levels", 0, "max"),
     ),
 }
-
-
-@dataclass
-class BenchOptions:
-    workflows: list[str] = field(default_factory=lambda: ["v1", "v2"])
-    concurrency: list[int] = field(default_factory=lambda: [1, 16, 64])
-    batch_sizes: list[int] = field(default_factory=lambda: [1])  # texts per request
-    requests: int | None = None  # timed requests per level (None: 300, and at least 20 per worker)
-    warmup: int | None = None  # untimed requests before each level (None: max(16, 2C))
-    batched_baseline: int = 16  # texts per batch of the batched in-process baseline; 0: none
-    protocol: str = "http"
-    # "raw": bench.raw_http over HTTP (a third of the CPU per request); "moe_client": the product's
-    # AsyncMoEClient; "auto": raw over HTTP, moe_client over gRPC.
-    load_client: str = "auto"
-    checkpoint: Path | None = None  # the model of the baselines (default: the bundled one)
-    device: str = "cpu"  # where the baselines run
-    data: Path = DEFAULT_DATA  # AG News folder: test.csv texts
-    out: Path = DEFAULT_OUT
-    targets: str = "cpu"
-    timeout_s: float = 60.0
-    plots: bool = True
-    progress: bool = True
-
-
-@dataclass
-class Endpoint:
-    """The server under test, as the caller knows it."""
-
-    url: str  # host:port of the protocol's endpoint
-    http_url: str  # host:port of HTTP (statistics)
-    metrics_url: str | None = None  # Prometheus endpoint
-    cold_start_s: float | None = None  # launch to all models ready, if the caller launched it
-    memory: Callable[[], dict] | None = None  # the server tree's memory now (serving.server)
-    rss_mb: Callable[[], float] | None = None  # its RSS alone, cheaper to read
-    facts: dict = field(default_factory=dict)  # anything else worth keeping (export options)
 
 
 def machine_info() -> dict:
@@ -207,22 +173,6 @@ def level_requests(opts: BenchOptions, concurrency: int) -> int:
     return opts.requests if opts.requests is not None else max(300, 20 * concurrency)
 
 
-def load_client_kind(opts: BenchOptions) -> str:
-    """ "raw" or "moe_client": what `opts.load_client` means for its protocol."""
-    if opts.load_client != "auto":
-        return opts.load_client
-    return "raw" if opts.protocol == "http" else "moe_client"
-
-
-def load_client(opts: BenchOptions, endpoint: Endpoint):
-    """The client the workers share (an async context manager)."""
-    from moe_client import AsyncMoEClient
-
-    if load_client_kind(opts) == "raw":
-        return RawHttpClient(endpoint.url, timeout=opts.timeout_s)
-    return AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0)
-
-
 def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
@@ -230,10 +180,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
         raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
-    if opts.load_client not in ("auto", "raw", "moe_client"):
-        raise MoEError(f"--load-client must be auto, raw or moe_client, not {opts.load_client!r}")
-    if opts.load_client == "raw" and opts.protocol != "http":
-        raise MoEError("--load-client raw speaks HTTP only: use --protocol http, or --load-client moe_client")
+    check_load_client(opts)
     if (
         (opts.requests is not None and opts.requests < 1)
         or min(opts.batch_sizes, default=0) < 1

@@ -33,7 +33,7 @@ FIRST_LAYER, LAYER, EXPERTS, CLASSIFIER, ORCHESTRATION = (
 )
 STAGES = (FIRST_LAYER, LAYER, EXPERTS, CLASSIFIER, ORCHESTRATION)
 FRONT_OUTPUTS = ["X_OUT", "H", "EXPERT_IDS", "EXPERT_WEIGHTS"]
-# How a layer's experts are reached (the config's expert_calls; moe export says why each).
+# How a layer's experts are reached: the config's expert_calls (export/options.py says why each).
 ENSEMBLE, ENSEMBLE_IF_ALL_BUSY, CALLS = "ensemble", "ensemble_if_all_busy", "calls"
 EXPERT_CALLS = (ENSEMBLE, ENSEMBLE_IF_ALL_BUSY, CALLS)
 CPU = torch.device("cpu")
