@@ -50,7 +50,7 @@ def bls_on_gpu(opts: ExportOptions) -> bool:
     return opts.device == "cuda" and opts.bls_device == "auto"
 
 
-def expert_calls(opts: ExportOptions) -> str:
+def expert_calls(opts: ExportOptions, n_experts: int, ensemble_experts: int) -> str:
     """How the BLS reaches a layer's experts, written into its config (it only reads it):
 
     "ensemble": one request to the `experts` ensemble, which runs every expert concurrently
@@ -63,9 +63,10 @@ def expert_calls(opts: ExportOptions) -> str:
         answer crashes tritonserver 2.51 (in its Python backend, receiving the answer; seen on
         an H200).
     "calls": one request per busy expert, all in flight at once, idle experts not called
-        (--expert-fanout calls). Remote experts are always called so: the ensemble runs local
-        experts only.
+        (--expert-fanout calls), and for a model whose number of experts is not the
+        `ensemble_experts` that the experts ensemble's file has steps for. Remote experts are
+        always called so: the ensemble runs local experts only.
     """
-    if opts.expert_fanout == "calls":
+    if opts.expert_fanout == "calls" or n_experts != ensemble_experts:
         return "calls"
     return "ensemble_if_all_busy" if bls_on_gpu(opts) else "ensemble"

@@ -6,8 +6,9 @@ Layout written under OUT (default build/):
     OUT/manifest.json               (what was exported from where)
 
 Config templates and Python models are the folders of the repository's model_repository/ and
-ensemble/, which travel inside this package (export/templates/); ${placeholders} are filled
-from the checkpoint's config and the export options.
+ensemble/ (each the template of the output folder of its name), which travel inside this
+package (export/templates/). A template holds its model's structure; only scalars are filled in,
+each model's own (export/configs.py), from the checkpoint's config and the export options.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import string
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +27,8 @@ from moe.errors import MoEError
 from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
-from .options import DEFAULT_OUT, ExportOptions, bls_on_gpu, expert_calls
+from .configs import fill, model_values
+from .options import DEFAULT_OUT, ExportOptions
 from .pieces import build_pieces, sample_inputs
 
 __all__ = ["DEFAULT_OUT", "ExportOptions", "export_repository", "is_current", "read_manifest"]
@@ -63,45 +64,6 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-# Every TorchScript model runs on the legacy graph executor: the default profiling executor
-# re-specialises the graph for each new input shape it sees, and with texts of every length that
-# meant requests stalling for half a second at random.
-LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_value: "false" } }'
-
-
-def experts_ensemble(n_experts: int, d_model: int) -> dict:
-    """The `experts` ensemble's inputs, outputs and steps: one step per expert model."""
-
-    def tensor(name: str) -> str:
-        return f'  {{ name: "{name}" data_type: TYPE_FP32 dims: [ -1, {d_model} ] }}'
-
-    step = """    {{
-      model_name: "expert_{e}"
-      model_version: -1
-      input_map {{ key: "INPUT__0" value: "H_{e}" }}
-      input_map {{ key: "INPUT__1" value: "LAYER" }}
-      output_map {{ key: "OUTPUT__0" value: "OUT_{e}" }}
-    }}"""
-    experts = range(n_experts)
-    return dict(
-        expert_inputs=",\n".join(
-            [*(tensor(f"H_{e}") for e in experts), '  { name: "LAYER" data_type: TYPE_INT64 dims: [ 1 ] }']
-        ),
-        expert_outputs=",\n".join(tensor(f"OUT_{e}") for e in experts),
-        expert_steps=",\n".join(step.format(e=e) for e in experts),
-    )
-
-
-def pbtxt_string(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"')
-
-
-def instance_group(opts: ExportOptions, gpu: int = 0, count: int = 1) -> str:
-    if opts.device == "cuda":
-        return f"{{ count: {count} kind: KIND_GPU gpus: [ {gpu % max(1, opts.gpus)} ] }}"
-    return f"{{ count: {count} kind: KIND_CPU }}"
-
-
 def copy_python(source, dest: Path) -> None:
     """The Python files of a model's version folder, its packages (the BLS's bls/) included."""
     for f in source.iterdir():
@@ -110,13 +72,6 @@ def copy_python(source, dest: Path) -> None:
             copy_python(f, dest / f.name)
         elif f.name.endswith(".py"):
             (dest / f.name).write_bytes(f.read_bytes())
-
-
-def fill(template, values: dict) -> str:
-    try:
-        return string.Template(template.read_text()).substitute(values)
-    except KeyError as e:
-        raise MoEError(f"{template}: no value for placeholder {e}") from None
 
 
 def check_parity(name: str, eager: torch.nn.Module, scripted: torch.jit.ScriptModule, samples) -> float:
@@ -200,34 +155,12 @@ def export_repository(
 def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportOptions) -> dict:
     cfg = model.cfg
     models, ensembles = tmp / "model_repository", tmp / "ensemble"
-    experts = [f"expert_{e}" for e in range(cfg.n_experts)]
-    values = dict(
-        max_batch_size=opts.max_batch_size,
-        queue_delay_us=opts.queue_delay_us,
-        max_queue_size=opts.max_queue_size,
-        queue_timeout_us=opts.queue_timeout_us,
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_experts=cfg.n_experts,
-        top_k=cfg.top_k,
-        n_classes=cfg.n_classes,
-        pad_id=cfg.pad_id,
-        labels_json=pbtxt_string(json.dumps(list(cfg.labels))),
-        expert_models=",".join(experts),
-        v1_groups=opts.v1_groups,
-        expert_calls=expert_calls(opts),
-        **experts_ensemble(cfg.n_experts, cfg.d_model),
-        max_text_chars=cfg.max_len * 64,
-        pad_to_multiple_of=8 if cfg.max_len % 8 == 0 else 0,
-        instance_group=instance_group(opts),
-        libtorch_parameters=LIBTORCH_PARAMETERS,
-        bls_instance_group=instance_group(opts if bls_on_gpu(opts) else replace(opts, device="cpu")),
-    )
+    values = model_values(cfg, opts, MODEL_TEMPLATES / "experts" / "config.pbtxt")
 
-    def write_model(name: str, template: str, extra: dict | None = None):
+    def write_model(name: str, template: str):
         source, folder = MODEL_TEMPLATES / template, models / name
         (folder / "1").mkdir(parents=True)
-        (folder / "config.pbtxt").write_text(fill(source / "config.pbtxt", {**values, **(extra or {})}))
+        (folder / "config.pbtxt").write_text(fill(source / "config.pbtxt", values[name]))
         if name in PYTHON_MODELS:
             copy_python(source / "1", folder / "1")
             (folder / "1" / SHARED_PYTHON.name).write_bytes(SHARED_PYTHON.read_bytes())
@@ -235,26 +168,22 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
             torch.jit.save(scripted[name], str(folder / "1" / "model.pt"))
         return folder
 
-    for name in ("embedding", "classifier"):  # a small share of v1's time: one instance
+    for name in ("embedding", "attention", "gating", "classifier", "full_model", "postprocessing"):
         write_model(name, name)
-    for name in ("attention", "gating"):  # v1's length groups run through them side by side
-        write_model(name, name, dict(instance_group=instance_group(opts, count=opts.v1_groups)))
-    write_model("full_model", "full_model", dict(instance_group=instance_group(opts, count=opts.full_model_instances)))
-    for e, name in enumerate(experts):
-        write_model(name, "expert", dict(name=name, expert=e, instance_group=instance_group(opts, gpu=e)))
+    for e in range(cfg.n_experts):
+        write_model(f"expert_{e}", "expert")
     tokenizer = write_model("tokenizer", "tokenizer")
     shutil.copy2(ckpt / TOKENIZER, tokenizer / "1" / TOKENIZER)
     bls = write_model("moe_bls", "moe_bls")
     (bls / "1" / "moe_routing.py").write_bytes(ROUTING_SOURCE.read_bytes())
-    write_model("postprocessing", "postprocessing")
     for name in ("attention_gating", "embedding_attention_gating"):  # v1's chained pieces
         write_model(name, name)
-    if opts.expert_fanout == "ensemble":
+    if values["moe_bls"]["expert_calls"] != "calls":
         write_model("experts", "experts")
     for name in ("moe_v1", "moe_v2"):
         folder = ensembles / name
         (folder / "1").mkdir(parents=True)  # ensembles need an (empty) version folder
-        (folder / "config.pbtxt").write_text(fill(ENSEMBLE_TEMPLATES / name / "config.pbtxt", values))
+        (folder / "config.pbtxt").write_text(fill(ENSEMBLE_TEMPLATES / name / "config.pbtxt", values[name]))
 
     manifest = dict(
         checkpoint=str(ckpt),

@@ -15,7 +15,7 @@ import torch
 from torch.utils.dlpack import from_dlpack, to_dlpack
 
 import moe.routing
-from export.repository import MODEL_TEMPLATES, experts_ensemble
+from export.repository import MODEL_TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[2]
 BLS_FOLDER = ROOT / "model_repository" / "moe_bls" / "1"
@@ -145,10 +145,10 @@ def ensemble_steps(config: str) -> list:
     return steps
 
 
-def eager_server(pieces: dict, n_experts: int, d_model: int) -> Server:
+def eager_server(pieces: dict, n_experts: int) -> Server:
     """The eager pieces (export.pieces.build_pieces) and the ensembles of the templates."""
-    steps = {name: ensemble_steps((MODEL_TEMPLATES / name / "config.pbtxt").read_text()) for name in ENSEMBLES[:2]}
-    steps["experts"] = ensemble_steps(experts_ensemble(n_experts, d_model)["expert_steps"])
+    steps = {name: ensemble_steps((MODEL_TEMPLATES / name / "config.pbtxt").read_text()) for name in ENSEMBLES}
+    assert len(steps["experts"]) == n_experts, "the experts ensemble's file has a step per expert"
     return Server(pieces, steps)
 
 

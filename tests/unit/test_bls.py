@@ -43,7 +43,7 @@ def eager_answer(model, ids, mask):
 
 
 def serve(model, **parameters):
-    server = eager_server(build_pieces(model), CFG.n_experts, CFG.d_model)
+    server = eager_server(build_pieces(model), CFG.n_experts)
     return server, start_bls(server, CFG.n_layers, CFG.n_experts, **parameters)
 
 
