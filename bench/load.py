@@ -120,3 +120,22 @@ def mixed_plan(
 def batches(texts: list[str], batch_size: int, n: int, start: int = 0) -> list[list[str]]:
     """n batches of batch_size consecutive texts, cycling through `texts`."""
     return [[texts[((start + r) * batch_size + i) % len(texts)] for i in range(batch_size)] for r in range(n)]
+
+
+async def closed_loop_level(client, workflow: str, plan, want, untimed, concurrency: int, progress) -> dict:
+    """A timed level of the Python load client (bench/load.py): its summary, this process's CPU
+    and how many answers differ from the eager model's."""
+    cpu0 = time.process_time()
+    run = await closed_loop(client, [(workflow, t) for t in plan], concurrency, progress=progress, keep_busy=untimed)
+    cpu = time.process_time() - cpu0
+    pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
+    disagreements = sum(g != w for g, w in pairs)
+    return dict(
+        **run.summary(),
+        # This process's CPU (the load generator and the memory sampler) per request sent, and as
+        # a share of one core: the cores it took from the server when both share a machine.
+        load_cpu_ms_per_request=round(1e3 * cpu / (len(plan) + run.untimed), 3),
+        load_cpu_share=round(cpu / max(run.seconds, 1e-9), 3),
+        disagreements=disagreements,
+        agreement_with_eager=round(1 - disagreements / len(pairs), 4) if pairs else None,
+    )

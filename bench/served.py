@@ -23,18 +23,20 @@ import platform
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-from moe.data import DEFAULT_DATA, load_split
+from moe.data import load_split
 from moe.errors import MoEError
 
 from . import report, triton_stats, wrk
 from .baseline import EagerModel
-from .load import batches, closed_loop
-from .raw_http import RawHttpClient, model_name
+from .clients import check_load_client, load_client, load_client_kind
+from .load import batches, closed_loop, closed_loop_level
+from .options import DEFAULT_OUT, BenchOptions, Endpoint
+from .raw_http import model_name
 
-DEFAULT_OUT = Path("build") / "bench"
+__all__ = ["DEFAULT_OUT", "BenchOptions", "Endpoint", "load_client_kind", "run_bench"]
 
 # (key, what, limit, "min" | "max") per target set: `--targets cpu` for the 2-core CPU machine,
 # `--targets gpu` for one or two GPUs.
@@ -63,44 +65,6 @@ TARGETS = {
         ("disagreements", "answers unlike eager, all levels", 0, "max"),
     ),
 }
-
-
-@dataclass
-class BenchOptions:
-    workflows: list[str] = field(default_factory=lambda: ["v1", "v2"])
-    concurrency: list[int] = field(default_factory=lambda: [1, 16, 64])
-    batch_sizes: list[int] = field(default_factory=lambda: [1])  # texts per request
-    requests: int | None = None  # timed requests per level (None: 300, and at least 20 per worker)
-    warmup: int | None = None  # untimed requests before each level (None: max(16, 2C))
-    batched_baseline: int = 16  # texts per batch of the batched in-process baseline; 0: none
-    protocol: str = "http"
-    # "wrk": the compiled load generator (bench/wrk.py), for as many seconds as `level_seconds`;
-    # "raw": bench.raw_http over HTTP (a third of wrk's rate on one core); "moe_client": the
-    # product's AsyncMoEClient; "auto": wrk over HTTP where it is installed, else raw; moe_client
-    # over gRPC.
-    load_client: str = "auto"
-    level_seconds: float = 8.0
-    checkpoint: Path | None = None  # the model of the baselines (default: the bundled one)
-    device: str = "cpu"  # where the baselines run
-    data: Path = DEFAULT_DATA  # AG News folder: test.csv texts
-    out: Path = DEFAULT_OUT
-    targets: str = "cpu"
-    timeout_s: float = 60.0
-    plots: bool = True
-    progress: bool = True
-
-
-@dataclass
-class Endpoint:
-    """The server under test, as the caller knows it."""
-
-    url: str  # host:port of the protocol's endpoint
-    http_url: str  # host:port of HTTP (statistics)
-    metrics_url: str | None = None  # Prometheus endpoint
-    cold_start_s: float | None = None  # launch to all models ready, if the caller launched it
-    memory: Callable[[], dict] | None = None  # the server tree's memory now (serving.server)
-    rss_mb: Callable[[], float] | None = None  # its RSS alone, cheaper to read
-    facts: dict = field(default_factory=dict)  # anything else worth keeping (export options)
 
 
 def machine_info() -> dict:
@@ -218,46 +182,6 @@ def level_requests(opts: BenchOptions, concurrency: int) -> int:
     return 300 if load_client_kind(opts) == "wrk" else max(300, 20 * concurrency)
 
 
-LOAD_CLIENTS = ("auto", "wrk", "raw", "moe_client")
-
-
-def load_client_kind(opts: BenchOptions) -> str:
-    """ "wrk", "raw" or "moe_client": what `opts.load_client` means for its protocol."""
-    if opts.load_client != "auto":
-        return opts.load_client
-    if opts.protocol != "http":
-        return "moe_client"
-    return "wrk" if wrk.available() else "raw"
-
-
-async def closed_loop_level(client, workflow: str, plan, want, untimed, concurrency: int, progress) -> dict:
-    """A timed level of the Python load client (bench/load.py): its summary, this process's CPU
-    and how many answers differ from the eager model's."""
-    cpu0 = time.process_time()
-    run = await closed_loop(client, [(workflow, t) for t in plan], concurrency, progress=progress, keep_busy=untimed)
-    cpu = time.process_time() - cpu0
-    pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
-    disagreements = sum(g != w for g, w in pairs)
-    return dict(
-        **run.summary(),
-        # This process's CPU (the load generator and the memory sampler) per request sent, and as
-        # a share of one core: the cores it took from the server when both share a machine.
-        load_cpu_ms_per_request=round(1e3 * cpu / (len(plan) + run.untimed), 3),
-        load_cpu_share=round(cpu / max(run.seconds, 1e-9), 3),
-        disagreements=disagreements,
-        agreement_with_eager=round(1 - disagreements / len(pairs), 4) if pairs else None,
-    )
-
-
-def load_client(opts: BenchOptions, endpoint: Endpoint):
-    """The client the workers share (an async context manager)."""
-    from moe_client import AsyncMoEClient
-
-    if load_client_kind(opts) in ("raw", "wrk"):  # wrk levels use it for the warm-up only
-        return RawHttpClient(endpoint.url, timeout=opts.timeout_s)
-    return AsyncMoEClient(endpoint.url, protocol=opts.protocol, timeout=opts.timeout_s, retries=0)
-
-
 def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | None = None) -> dict:
     from tqdm.auto import tqdm
 
@@ -265,14 +189,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
         raise MoEError(f"workflows are v1 and v2, not {', '.join(opts.workflows)}")
     if opts.targets not in TARGETS:
         raise MoEError(f"--targets must be one of {', '.join(TARGETS)}")
-    if opts.load_client not in LOAD_CLIENTS:
-        raise MoEError(f"--load-client must be one of {', '.join(LOAD_CLIENTS)}, not {opts.load_client!r}")
-    if opts.load_client in ("raw", "wrk") and opts.protocol != "http":
-        raise MoEError(
-            f"--load-client {opts.load_client} speaks HTTP only: use --protocol http, or --load-client moe_client"
-        )
-    if opts.load_client == "wrk" and not wrk.available():
-        raise MoEError("--load-client wrk: wrk is not installed (Debian's `wrk`; `make setup` installs it)")
+    check_load_client(opts)
     if (
         (opts.requests is not None and opts.requests < 1)
         or min(opts.batch_sizes, default=0) < 1

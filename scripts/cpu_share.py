@@ -20,7 +20,8 @@ from bench.load import batches, closed_loop
 from bench.raw_http import RawHttpClient
 from moe.data import DEFAULT_DATA, load_split
 from moe_client import AsyncMoEClient
-from serving.server import ServerOptions, TritonServer, free_ports, process_tree
+from serving.processes import process_tree
+from serving.server import ServerOptions, TritonServer, free_ports
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,5 +1,7 @@
-"""Run tritonserver on an exported model repository: by default the binary shipped in the
-nvidia-pytriton wheel, with its Python backend and NVIDIA's libtorch backend built here."""
+"""A tritonserver process on an exported model repository: its command line, start until every
+model is ready (or the server's own error), clean stop, memory, and the supervision of its
+Python stubs. The binary and backends: serving/backends.py; /proc accounting:
+serving/processes.py; stub supervision: serving/supervisor.py."""
 
 from __future__ import annotations
 
@@ -8,9 +10,7 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -20,68 +20,9 @@ from export.repository import DEFAULT_OUT
 from moe.errors import MoEError
 from moe_client import ADMIN_HEADER
 
-
-def triton_dist() -> tuple[Path, Path]:
-    """(tritonserver distribution folder, folder of its shared libraries)."""
-    try:
-        import pytriton
-    except ImportError as e:
-        raise MoEError("nvidia-pytriton is not installed: it ships the tritonserver binary") from e
-    dist = Path(pytriton.__file__).resolve().parent / "tritonserver"
-    libs = dist.parent.parent / "nvidia_pytriton.libs"
-    if not (dist / "bin" / "tritonserver").is_file():
-        raise MoEError(f"no tritonserver binary in {dist}")
-    return dist, libs
-
-
-def prepare_backends(folder: Path) -> Path:
-    """A backend directory: the Python backend with the stub for this Python, and NVIDIA's
-    libtorch backend built against the torch installed here (serving.pytorch_backend)."""
-    from .pytorch_backend import LIBRARY, ensure_built
-
-    dist, libs = triton_dist()
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.is_file():
-        raise MoEError(f"the bundled Python backend has no stub for Python {version}")
-    python = folder / "python"
-    python.mkdir(parents=True, exist_ok=True)
-    for f in (dist / "backends" / "python").iterdir():
-        if f.is_file():
-            shutil.copy2(f, python / f.name)
-    shutil.copy2(stub, python / "triton_python_backend_stub")
-    pytorch = folder / "pytorch"
-    pytorch.mkdir(exist_ok=True)
-    shutil.copy2(ensure_built() / LIBRARY, pytorch / LIBRARY)
-    # The backend links libtritonserver.so (RPATH $ORIGIN); the wheel ships it under a hashed name.
-    server_library = next(libs.glob("libtritonserver*.so*"), None)
-    if server_library is None:
-        raise MoEError(f"no libtritonserver in {libs}")
-    (pytorch / "libtritonserver.so").symlink_to(server_library)
-    return folder
-
-
-def server_env(bundled: bool = True, torch_threads: int = 1) -> dict:
-    env = os.environ.copy()
-    if bundled:
-        from .pytorch_backend import torch_paths
-
-        _, libs = triton_dist()
-        # libtriton_pytorch.so finds libtorch in the installed torch package.
-        extra = (str(libs), str(torch_paths()[1]))
-        env["LD_LIBRARY_PATH"] = ":".join(p for p in (env.get("LD_LIBRARY_PATH"), *extra) if p)
-    # The stub embeds the system libpython and ignores PYTHONPATH: it takes its packages from
-    # the environment of the `python3` first on PATH (venv, .pth files and all). This
-    # interpreter's folder goes first, so the stubs import what this environment has.
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    # Intra-op threads of every TorchScript model in the server (the libtorch backend's
-    # per-model INTRA_OP_THREAD_COUNT sets one process-wide value, so it is set once here).
-    env["OMP_NUM_THREADS"] = str(torch_threads)
-    # glibc gives each of the server's many threads (one per model instance) a heap of its own
-    # and keeps what they freed: two heaps cut the tree's peak RSS by a fifth under load at no
-    # measured cost in throughput (docs/benchmarks.md). A value the caller set is kept.
-    env.setdefault("MALLOC_ARENA_MAX", "2")
-    return env
+from .backends import prepare_backends, server_env, triton_dist
+from .processes import status_kb, tree_memory, tree_rss_mb
+from .supervisor import StubSupervisor, python_stubs
 
 
 def free_ports(n: int) -> list[int]:
@@ -112,102 +53,6 @@ def repositories(root: Path) -> list[Path]:
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 
 
-def parse_expert_range(spec: str, n_experts: int = 8) -> list[int]:
-    """'0-3' / '0,2,5' / '4-7,1' -> sorted expert indices."""
-    experts = set()
-    try:
-        for part in spec.split(","):
-            lo, _, hi = part.partition("-")
-            experts.update(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise MoEError(f"expert list {spec!r}: expected e.g. 0-3 or 0,2,5") from None
-    bad = sorted(e for e in experts if not 0 <= e < n_experts)
-    if bad or not experts:
-        raise MoEError(f"expert list {spec!r}: experts are numbered 0..{n_experts - 1}")
-    return sorted(experts)
-
-
-def _proc_stat_parent(pid: int) -> int | None:
-    try:
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def parents() -> dict[int, int | None]:
-    """pid -> parent pid of every process now."""
-    return {int(p.name): _proc_stat_parent(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
-
-
-def children(pid: int) -> list[int]:
-    """The processes whose parent is `pid`."""
-    # The kernel's list of each thread's children: a few reads, where scanning every process of
-    # the machine twice a second cost the supervising process 1-2 % of a core. The scan remains
-    # for kernels without the list.
-    try:
-        return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-    except OSError:
-        return [child for child, parent in parents().items() if parent == pid]
-
-
-def process_tree(root: int) -> list[int]:
-    """root and every process below it."""
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(children(pid))
-    return tree
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
-    except OSError:
-        return []
-
-
-def status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def gpu_memory_mb(pids: list[int]) -> dict[int, float] | None:
-    """GPU memory used by each of `pids` (nvidia-smi); None without a GPU driver."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    result = subprocess.run(
-        ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if result.returncode != 0:
-        return None
-    used: dict[int, float] = {}
-    for line in result.stdout.splitlines():
-        pid, _, mb = line.partition(",")
-        if pid.strip().isdigit() and int(pid) in pids:
-            used[int(pid)] = used.get(int(pid), 0.0) + float(mb)
-    return used
-
-
 def _env_path(name: str) -> Path | None:
     return Path(os.environ[name]) if os.environ.get(name) else None
 
@@ -233,6 +78,10 @@ class ServerOptions:
     torch_threads: int = 1
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
+    # Seconds start() waits for every model to be ready.
+    ready_timeout_s: float = 180.0
+    # Where the server's log is copied when it is cleaned up (None: not kept).
+    keep_log: Path | None = None
 
 
 class TritonServer:
@@ -243,9 +92,7 @@ class TritonServer:
         self.opts = opts
         # Opens the restricted APIs; known to this process (for stub recovery), never logged.
         self.admin_key = opts.admin_key or secrets.token_urlsafe(32)
-        self.restarts: list[str] = []  # models reloaded after their stub died
-        self._supervisor: threading.Thread | None = None
-        self._stopping = threading.Event()
+        self._supervisor: StubSupervisor | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="moe-triton-"))
         self.log_path = self.workdir / "tritonserver.log"
         self.process: subprocess.Popen | None = None
@@ -313,7 +160,12 @@ class TritonServer:
         ]
         return cmd + list(o.extra_args)
 
-    def start(self, timeout: float = 180.0) -> TritonServer:
+    @property
+    def restarts(self) -> list[str]:
+        """Models reloaded after their stub died."""
+        return self._supervisor.restarts if self._supervisor else []
+
+    def start(self, timeout: float | None = None) -> TritonServer:
         log = open(self.log_path, "wb")
         env = server_env(bundled=self.opts.tritonserver is None, torch_threads=self.opts.torch_threads)
         if self.opts.experts_at:
@@ -322,77 +174,36 @@ class TritonServer:
             self.command(), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         log.close()
-        self.wait_ready(timeout)
-        self._supervisor = threading.Thread(target=self._supervise, name="stub-supervisor", daemon=True)
-        self._supervisor.start()
+        self.wait_ready(self.opts.ready_timeout_s if timeout is None else timeout)
+        self._supervisor = StubSupervisor(self.process, self.http_url, self.admin_key).start()
         return self
 
     def stubs(self) -> dict[str, int]:
-        """Model name -> pid of its Python backend stub (one instance per Python model here)."""
-        found = {}
-        for pid in children(self.process.pid):
-            args = cmdline(pid)
-            if args and args[0].endswith("triton_python_backend_stub"):
-                found[Path(args[1]).parent.parent.name] = pid
-        return found
+        """Model name -> pid of its Python backend stub."""
+        return python_stubs(self.process.pid)
 
     def rss_mb(self) -> float:
-        """Resident memory of tritonserver and every process below it, in MB: a few small reads,
-        where `memory` also reads each process's page map for PSS (tens of ms)."""
-        return round(sum(status_kb(p, "VmRSS") for p in process_tree(self.process.pid)) / 1024, 1)
+        """Resident memory of tritonserver and every process below it, in MB (cheap)."""
+        return tree_rss_mb(self.process.pid)
 
     def memory(self) -> dict:
         """Resident memory of tritonserver and every process below it (the Python stubs), in MB:
         RSS, and PSS (pages shared between processes counted once); GPU memory per process
         where nvidia-smi answers."""
         stubs = self.stubs()
-        pids = process_tree(self.process.pid)
         names = {pid: name for name, pid in stubs.items()} | {self.process.pid: "tritonserver"}
+        tree = tree_memory(self.process.pid, names)
         result = dict(
-            processes=len(pids),
+            processes=tree["processes"],
             python_stubs=len(stubs),
-            rss_mb=round(sum(status_kb(p, "VmRSS") for p in pids) / 1024, 1),
-            pss_mb=round(sum(pss_kb(p) for p in pids) / 1024, 1),
+            rss_mb=tree["rss_mb"],
+            pss_mb=tree["pss_mb"],
             tritonserver_rss_mb=round(status_kb(self.process.pid, "VmRSS") / 1024, 1),
             stub_rss_mb={name: round(status_kb(pid, "VmRSS") / 1024, 1) for name, pid in sorted(stubs.items())},
         )
-        gpu = gpu_memory_mb(pids)
-        if gpu is not None:
-            result["gpu_mb"] = {names.get(pid, str(pid)): mb for pid, mb in gpu.items()}
+        if "gpu_mb" in tree:
+            result["gpu_mb"] = tree["gpu_mb"]
         return result
-
-    def _repository_call(self, model: str, action: str) -> None:
-        request = urllib.request.Request(
-            f"http://{self.http_url}/v2/repository/models/{model}/{action}",
-            data=b"{}",
-            method="POST",
-            headers={ADMIN_HEADER: self.admin_key, "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=120) as r:
-            r.read()
-
-    def reload(self, model: str) -> None:
-        # A load of an unchanged, loaded model is a no-op in Triton: unload it first.
-        self._repository_call(model, "unload")
-        self._repository_call(model, "load")
-
-    def _supervise(self, interval: float = 0.5) -> None:
-        """Triton's Python backend does not restart a stub that died (OOM kill, crash): its
-        model answers every request with "Stub process ... is not healthy". Reload such a model."""
-        known = self.stubs()
-        while not self._stopping.wait(interval):
-            if self.process.poll() is not None:
-                return
-            alive = self.stubs()
-            for model in sorted(set(known) - set(alive)):
-                if self._stopping.is_set():
-                    return
-                try:
-                    self.reload(model)
-                    self.restarts.append(model)
-                except OSError:
-                    continue  # retried at the next pass
-            known = self.stubs()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -429,9 +240,8 @@ class TritonServer:
         raise MoEError(f"tritonserver was not ready after {timeout:.0f}s:\n{self.error_summary()}")
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        self._stopping.set()
         if self._supervisor is not None:
-            self._supervisor.join(timeout=130)
+            self._supervisor.stop()
         if self.process and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
@@ -442,11 +252,31 @@ class TritonServer:
         return self.process.returncode if self.process else None
 
     def cleanup(self) -> None:
+        if self.opts.keep_log is not None:
+            self.opts.keep_log.write_text(self.log_text())
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self):
-        return self.start()
+    def __enter__(self) -> TritonServer:
+        """The started server; stopped and cleaned up when the block ends, or here if it never
+        became ready (Ctrl-C while waiting included)."""
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            self.cleanup()
+            raise
 
     def __exit__(self, *exc):
         self.stop()
         self.cleanup()
+
+
+def local_server(repository: Path, **options) -> TritonServer:
+    """A tritonserver on free loopback ports (`moe bench`, `moe loadtest`, the tests): use it
+    as a context manager, `with local_server(repository) as server: ...`."""
+    http_port, grpc_port, metrics_port = free_ports(3)
+    return TritonServer(
+        ServerOptions(
+            repository=repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, **options
+        )
+    )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from serving.server import free_ports
+from serving.server import local_server
 
 # Two cores shared with tritonserver's processes: OpenMP threads spinning against each other
 # slow in-process training by 10x or more, so the test process uses one.
@@ -70,19 +70,13 @@ ADMIN_KEY = "test-admin-key"
 
 
 def start_server(repository: Path, **kw):
-    from serving.server import ServerOptions, TritonServer
-
-    http_port, grpc_port, metrics_port = free_ports(3)
-    server = TritonServer(
-        ServerOptions(repository=repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, **kw)
-    )
-    return server.start(timeout=240)
+    """A started tritonserver on free loopback ports, as `moe bench` and `moe loadtest` start
+    theirs; the caller stops it (or uses local_server's context manager)."""
+    return local_server(repository, ready_timeout_s=240, **kw).start()
 
 
 @pytest.fixture(scope="session")
 def server(tiny_repository):
     """A real tritonserver on free loopback ports serving the tiny model, v1 and v2."""
-    s = start_server(tiny_repository, admin_key=ADMIN_KEY)
-    yield s
-    s.stop()
-    s.cleanup()
+    with local_server(tiny_repository, admin_key=ADMIN_KEY, ready_timeout_s=240) as s:
+        yield s

@@ -23,8 +23,9 @@ from moe_client import (
     RequestTimeout,
     ServerUnreachable,
 )
+from serving.server import free_ports
 
-from ..conftest import ADMIN_KEY, ROOT, free_ports, run_cli, start_server
+from ..conftest import ADMIN_KEY, ROOT, run_cli, start_server
 
 PROTOCOLS = ["http", "grpc"]
 

@@ -8,9 +8,9 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from moe.errors import MoEError
-from serving.server import ServerOptions, TritonServer
+from serving.server import ServerOptions, TritonServer, free_ports
 
-from ..conftest import free_ports, start_server
+from ..conftest import start_server
 from .test_serving import classify
 
 TEXTS = [

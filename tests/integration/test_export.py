@@ -18,6 +18,8 @@ def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
         assert (out / "model_repository" / name / "1" / "model.pt").is_file()
     for name in ("tokenizer", "moe_bls"):
         assert 'backend: "python"' in (out / "model_repository" / name / "config.pbtxt").read_text()
+    # The BLS's orchestration library travels with its adapter.
+    assert (out / "model_repository" / "moe_bls" / "1" / "bls" / "orchestrator.py").is_file()
     # On the CPU v1 sends two length-sorted groups through the attention pieces at once, each
     # with an instance of its own; the other pieces keep one instance.
     assert (
@@ -30,7 +32,7 @@ def test_export_for_nvidias_libtorch_backend(tiny_checkpoint, tmp_path):
         assert "count: 1 kind: KIND_CPU" in (out / "model_repository" / name / "config.pbtxt").read_text(), name
     # On the CPU every layer reaches its experts through one ensemble of every expert.
     bls = (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
-    assert 'key: "expert_fanout" value: { string_value: "ensemble" }' in bls
+    assert 'key: "expert_calls" value: { string_value: "ensemble" }' in bls
     experts = (out / "model_repository" / "experts" / "config.pbtxt").read_text()
     assert 'platform: "ensemble"' in experts
     assert [f'model_name: "expert_{e}"' in experts for e in range(8)] == [True] * 8
@@ -51,7 +53,7 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
     assert (
-        'key: "expert_fanout" value: { string_value: "ensemble" }'
+        'key: "expert_calls" value: { string_value: "ensemble_if_all_busy" }'
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
     assert (out / "model_repository" / "experts" / "config.pbtxt").exists()
@@ -66,7 +68,8 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         progress=False,
         log=lambda *_: None,
     )
-    assert "KIND_CPU" in (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    bls_on_cpu = (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
+    assert "KIND_CPU" in bls_on_cpu and 'key: "expert_calls" value: { string_value: "ensemble" }' in bls_on_cpu
 
 
 def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tmp_path):

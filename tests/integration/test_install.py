@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..conftest import ROOT, free_ports
+from serving.server import free_ports
+
+from ..conftest import ROOT
 
 
 def run(*args, cwd, timeout=600):

@@ -253,7 +253,9 @@ def test_server_reports_a_model_that_fails_to_load(tiny_repository, tmp_path):
 
 
 def test_moe_serve_exits_with_the_servers_error(tiny_repository, tmp_path):
-    from ..conftest import free_ports, run_cli
+    from serving.server import free_ports
+
+    from ..conftest import run_cli
 
     broken = tmp_path / "broken"
     shutil.copytree(tiny_repository, broken)

@@ -1,11 +1,14 @@
 """Export without a server: the parity check refuses a drifted piece, and v2's ragged batches
 (texts of different lengths concatenated, as Triton hands them over) give the padded answer."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from export.pieces import FullModel, ragged, unflatten_ragged
 from export.repository import check_parity
+from moe.config import preset
 from moe.errors import MoEError
 
 from .test_model import make_model, random_batch
@@ -63,3 +66,39 @@ def test_full_model_in_length_sorted_groups_equals_the_padded_forward():
         for group in (1, 4, 16):
             got = torch.jit.script(FullModel(model, length_group=group).eval()).logits(*ragged(ids, mask))
             torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_each_template_takes_exactly_its_values(tmp_path):
+    """Every template of the repository is filled from its own keys; a missing or an unused
+    key is refused, so a template and its values cannot drift apart."""
+    from export.configs import fill, model_values
+    from export.options import ExportOptions
+    from export.repository import ENSEMBLE_TEMPLATES, MODEL_TEMPLATES
+
+    cfg = preset("tiny")
+    experts_file = MODEL_TEMPLATES / "experts" / "config.pbtxt"
+    values = model_values(cfg, ExportOptions(device="cuda", gpus=2).resolved(), experts_file)
+    for name, keys in values.items():
+        folder = ENSEMBLE_TEMPLATES if name.startswith("moe_v") else MODEL_TEMPLATES
+        text = fill(folder / ("expert" if name.startswith("expert_") else name) / "config.pbtxt", keys)
+        assert "${" not in text, name
+    expert_3 = fill(MODEL_TEMPLATES / "expert" / "config.pbtxt", values["expert_3"])
+    assert "count: 1 kind: KIND_GPU gpus: [ 1 ]" in expert_3
+    template = tmp_path / "config.pbtxt"
+    template.write_text('name: "${name}"\n')
+    with pytest.raises(MoEError, match=r"no value for \['name'\]"):
+        fill(template, {})
+    with pytest.raises(MoEError, match=r"never used \['extra'\]"):
+        fill(template, {"name": "x", "extra": 1})
+
+
+def test_experts_are_called_one_by_one_when_the_ensemble_file_does_not_fit_the_model():
+    from export.configs import model_values
+    from export.options import ExportOptions
+    from export.repository import MODEL_TEMPLATES
+
+    experts_file = MODEL_TEMPLATES / "experts" / "config.pbtxt"
+    opts = ExportOptions().resolved()
+    assert model_values(preset("tiny"), opts, experts_file)["moe_bls"]["expert_calls"] == "ensemble"
+    four = dataclasses.replace(preset("tiny"), n_experts=4)
+    assert model_values(four, opts, experts_file)["moe_bls"]["expert_calls"] == "calls"

@@ -32,7 +32,7 @@ def imported_packages(path: Path, package: str) -> set[str]:
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_package_imports_only_the_layers_below(package):
     folder = FOLDERS.get(package, ROOT / package)
-    files = sorted(folder.glob("*.py"))
+    files = sorted(folder.rglob("*.py"))
     assert files, folder
     for path in files:
         wrong = imported_packages(path, package) - ALLOWED[package]

@@ -15,7 +15,7 @@ from moe_client import (
     ServerUnreachable,
 )
 from moe_client._core import map_error
-from serving.server import parse_expert_range
+from serving.commands.serve import parse_expert_range
 
 
 def test_expert_ranges():

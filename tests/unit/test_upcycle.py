@@ -12,9 +12,11 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from moe.checkpoint import load_checkpoint, save_checkpoint
 from moe.config import MoEConfig, preset
 from moe.errors import MoEError
-from moe.routing import add_to_real_tokens, combine, dispatch_plan, real_token_index, real_tokens
+from moe.routing import real_token_index
 from moe.tokenizer import encode, load_fast_tokenizer
 from moe.upcycle import read_pretrained, start_from_pretrained, trim_vocabulary
+
+from .bls_harness import execute, exported_server, start_bls
 
 SPECIALS = ["[PAD]", "[unused0]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 WORDS = [
@@ -224,7 +226,7 @@ def test_checkpoint_tokenizer_json_alone_gives_the_training_ids(bert_folder, tmp
     assert ids[0, int(mask[0].sum()) - 1].item() == sep and ids[0, -1].item() == pad == 0
 
 
-def test_exported_post_norm_pieces_match_eager_and_compose_like_the_bls(bert_folder, tmp_path):
+def test_exported_post_norm_pieces_match_eager_and_serve_v1_through_the_bls(bert_folder, tmp_path):
     from export.repository import export_repository
 
     torch.manual_seed(0)
@@ -238,27 +240,16 @@ def test_exported_post_norm_pieces_match_eager_and_compose_like_the_bls(bert_fol
     out = export_repository(ck, tmp_path / "build", progress=False, log=lambda *_: None)
     assert json.loads((out / "manifest.json").read_text())["config"]["norm_position"] == "post"
 
-    # v1's orchestration (model_repository/moe_bls) over the exported TorchScript pieces.
-    piece = {
-        name: torch.jit.load(str(out / "model_repository" / name / "1" / "model.pt"))
-        for name in ["embedding", "attention", "gating", "classifier"]
-        + [f"expert_{e}" for e in range(model.cfg.n_experts)]
-    }
+    # v1: the BLS's own code (model_repository/moe_bls) over the exported TorchScript pieces.
     ids, mask = encode(load_fast_tokenizer(ck / "tokenizer.json"), TRAIN_TEXTS, model.cfg.max_len)
-    real = real_token_index(mask)
+    bls = start_bls(exported_server(out), model.cfg.n_layers, model.cfg.n_experts, expert_calls="ensemble", groups=2)
+    try:
+        (response,) = execute(bls, [(ids, mask)], expert_tokens=False)
+    finally:
+        bls.finalize()
+    assert not response.has_error(), response.error().message()
     with torch.no_grad():
-        x = piece["embedding"](ids)
-        for l in range(model.cfg.n_layers):
-            layer = torch.tensor([l])
-            x, h = piece["attention"](x, mask, layer)
-            expert_ids, weights = piece["gating"](h, mask, layer)
-            h_real = real_tokens(h, real)
-            token_index, slot_order, counts = dispatch_plan(expert_ids, model.cfg.n_experts)
-            chunks = h_real.index_select(0, token_index).split(counts)
-            outputs = [piece[f"expert_{e}"](c, layer) for e, c in enumerate(chunks)]
-            x = add_to_real_tokens(x, real, combine(torch.cat(outputs), weights, slot_order))
-        v1 = piece["classifier"](x, mask)
-        torch.testing.assert_close(v1, model(ids, mask), atol=1e-5, rtol=0)
+        torch.testing.assert_close(response.output_tensors[0].value, model(ids, mask), atol=1e-5, rtol=0)
 
 
 def test_config_json_without_the_post_norm_keys_loads_as_pre_norm(tmp_path):

@@ -1,0 +1,113 @@
+"""The values each model's config.pbtxt template takes: scalars only, each template fed exactly
+the keys it names (fill() refuses a missing or an unused one). The templates hold the
+structure; what follows from the export options is decided in export/options.py."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+
+from moe.errors import MoEError
+
+from .options import ExportOptions, bls_on_gpu, expert_calls
+
+# Every TorchScript model runs on the legacy graph executor: the default profiling executor
+# re-specialises the graph for each new input shape it sees, and with texts of every length that
+# meant requests stalling for half a second at random.
+LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_value: "false" } }'
+
+
+def placeholders(text: str) -> set[str]:
+    return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
+
+
+def fill(template, values: dict) -> str:
+    """The template's text with its ${placeholders} replaced: exactly the keys of `values`."""
+    text = template.read_text()
+    missing, unused = placeholders(text) - set(values), set(values) - placeholders(text)
+    if missing or unused:
+        raise MoEError(f"{template}: no value for {sorted(missing)}, values never used {sorted(unused)}")
+    return string.Template(text).substitute(values)
+
+
+def pbtxt_string(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def placement(opts: ExportOptions, instances: int = 1, gpu: int | None = 0, on_gpu: bool | None = None) -> dict:
+    """instance_group's scalars: `instances` on the CPU (with an empty GPU list: Triton refuses
+    GPUs for KIND_CPU), or on GPU `gpu` (modulo the GPUs used; None: `instances` on every GPU)."""
+    on_gpu = opts.device == "cuda" if on_gpu is None else on_gpu
+    gpus = range(max(1, opts.gpus)) if gpu is None else [gpu % max(1, opts.gpus)]
+    return dict(
+        instances=instances,
+        kind="KIND_GPU" if on_gpu else "KIND_CPU",
+        gpus=", ".join(map(str, gpus)) if on_gpu else "",
+    )
+
+
+def ensemble_size(template) -> int:
+    """How many experts the `experts` ensemble's file has steps for."""
+    return len(re.findall(r'model_name: "expert_\d+"', template.read_text()))
+
+
+def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
+    """Triton model (or template, for the expert models) -> its template's values."""
+    queue = dict(
+        max_batch_size=opts.max_batch_size,
+        queue_delay_us=opts.queue_delay_us,
+        max_queue_size=opts.max_queue_size,
+        queue_timeout_us=opts.queue_timeout_us,
+    )
+    libtorch = dict(libtorch_parameters=LIBTORCH_PARAMETERS)
+    d, k = dict(d_model=cfg.d_model), dict(top_k=cfg.top_k)
+    routed = dict(n_layers=cfg.n_layers, n_experts=cfg.n_experts)  # EXPERT_TOKENS [layers, experts]
+    values = {
+        # A small share of v1's time: one instance each.
+        "embedding": {**d, **libtorch, **placement(opts)},
+        "classifier": {**d, "n_classes": cfg.n_classes, **libtorch, **placement(opts)},
+        # v1's length groups run through them side by side.
+        "attention": {**d, **libtorch, **placement(opts, opts.v1_groups)},
+        "gating": {**d, **k, **libtorch, **placement(opts, opts.v1_groups)},
+        "full_model": {
+            **queue,
+            "max_batch_size": opts.full_model_max_batch,
+            "n_classes": cfg.n_classes,
+            **libtorch,
+            **placement(opts, opts.full_model_instances, gpu=None),
+        },
+        "tokenizer": {
+            **queue,
+            "max_text_chars": cfg.max_len * 64,
+            "pad_to_multiple_of": 8 if cfg.max_len % 8 == 0 else 0,
+            "threads": opts.tokenizer_threads,
+            **placement(opts, opts.tokenizer_instances, on_gpu=False),
+        },
+        "postprocessing": {
+            **queue,
+            "n_classes": cfg.n_classes,
+            "labels_json": pbtxt_string(json.dumps(list(cfg.labels))),
+            **libtorch,
+            **placement(opts, opts.postprocessing_instances, on_gpu=False),
+        },
+        "moe_bls": {
+            **queue,
+            "max_batch_size": opts.bls_max_batch,
+            "n_classes": cfg.n_classes,
+            **routed,
+            "pad_id": cfg.pad_id,
+            "expert_models": ",".join(f"expert_{e}" for e in range(cfg.n_experts)),
+            "v1_groups": opts.v1_groups,
+            "expert_calls": expert_calls(opts, cfg.n_experts, ensemble_size(experts_template)),
+            **placement(opts, opts.bls_instances, on_gpu=bls_on_gpu(opts)),
+        },
+        "attention_gating": {**d, **k},
+        "embedding_attention_gating": {**d, **k},
+        "experts": d,
+        "moe_v1": {"max_batch_size": opts.max_batch_size, "n_classes": cfg.n_classes, **routed},
+        "moe_v2": {"max_batch_size": opts.max_batch_size, "n_classes": cfg.n_classes},
+    }
+    for e in range(cfg.n_experts):
+        values[f"expert_{e}"] = {"name": f"expert_{e}", "expert": e, **d, **libtorch, **placement(opts, gpu=e)}
+    return values

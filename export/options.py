@@ -1,0 +1,98 @@
+"""What `moe export` can be asked, and every default and decision that follows from it: the one
+place they live (the CLI's options read their defaults from here). Imports no torch, so the CLI
+starts fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .host_sizing import host_cores, size_host_stages
+
+DEFAULT_OUT = Path("build")
+
+
+@dataclass
+class ExportOptions:
+    device: str = "cpu"  # cpu | cuda
+    gpus: int = 1  # GPUs to spread experts over with --device cuda
+    max_batch_size: int = 64
+    queue_delay_us: int = 0
+    max_queue_size: int = 256  # per entry model; beyond it requests are rejected at once
+    queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
+    # Where v1's orchestration runs: "auto" is where the pieces are (with --device cuda the BLS
+    # keeps activations on GPU 0); "cpu" keeps it on the CPU whatever the pieces' device, so
+    # every layer's activations cross to the host and back (kept to measure what that costs).
+    bls_device: str = "auto"
+    # v2's model: on the CPU two instances of one thread each (both cores busy without OpenMP
+    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU four
+    # instances on every GPU (export/host_sizing.py) and one group. None: by device. Measured:
+    # docs/benchmarks.md, docs/gpu_serving.md.
+    full_model_instances: int | None = None
+    length_group: int | None = None
+    # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
+    # with as many instances of the attention and gating models: 2 on the CPU (both cores busy,
+    # and less padding), 1 on a GPU. None: by device.
+    v1_groups: int | None = None
+    # How the BLS reaches a layer's experts: "ensemble" (the `experts` ensemble, one request) or
+    # "calls" (one request per busy expert); "auto" is the ensemble. expert_calls() says why.
+    expert_fanout: str = "auto"
+    # Host-side stages, sized for `host_cores` (None: this machine's) by export/host_sizing.py;
+    # each one given here overrides its share.
+    host_cores: int | None = None
+    tokenizer_instances: int | None = None
+    tokenizer_threads: int | None = None
+    postprocessing_instances: int | None = None
+    bls_instances: int | None = None
+    bls_max_batch: int | None = None
+    full_model_max_batch: int | None = None
+
+    def resolved(self) -> ExportOptions:
+        on_cpu = self.device == "cpu"
+        cores = self.host_cores or host_cores()
+        stages = size_host_stages(self.device, cores, self.max_batch_size)
+
+        def pick(name: str) -> int:
+            value = getattr(self, name)
+            return getattr(stages, name) if value is None else value
+
+        return replace(
+            self,
+            host_cores=cores,
+            tokenizer_instances=pick("tokenizer_instances"),
+            tokenizer_threads=pick("tokenizer_threads"),
+            postprocessing_instances=pick("postprocessing_instances"),
+            bls_instances=pick("bls_instances"),
+            bls_max_batch=pick("bls_max_batch"),
+            full_model_max_batch=pick("full_model_max_batch"),
+            full_model_instances=pick("full_model_instances"),
+            length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
+            v1_groups=self.v1_groups or (2 if on_cpu else 1),
+            expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
+        )
+
+
+def bls_on_gpu(opts: ExportOptions) -> bool:
+    return opts.device == "cuda" and opts.bls_device == "auto"
+
+
+def expert_calls(opts: ExportOptions, n_experts: int, ensemble_experts: int) -> str:
+    """How the BLS reaches a layer's experts, written into its config (it only reads it):
+
+    "ensemble": one request to the `experts` ensemble, which runs every expert concurrently
+        inside the server, an idle expert on its empty chunk (an execution that computes
+        nothing, about 45 us of server time, against the 0.5-1 ms a round trip of its own costs
+        the BLS). On the CPU it measured lower latency at concurrency 1 and less BLS CPU per text
+        under load (docs/benchmarks.md), on one and two H200s more v1 throughput under load.
+    "ensemble_if_all_busy": the same for layers whose experts all have tokens, one request per
+        busy expert otherwise. A BLS on a GPU gets this: an empty GPU tensor in the ensemble's
+        answer crashes tritonserver 2.51 (in its Python backend, receiving the answer; seen on
+        an H200).
+    "calls": one request per busy expert, all in flight at once, idle experts not called
+        (--expert-fanout calls), and for a model whose number of experts is not the
+        `ensemble_experts` that the experts ensemble's file has steps for. Remote experts are
+        always called so: the ensemble runs local experts only.
+    """
+    if opts.expert_fanout == "calls" or n_experts != ensemble_experts:
+        return "calls"
+    return "ensemble_if_all_busy" if bls_on_gpu(opts) else "ensemble"

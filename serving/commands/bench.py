@@ -1,0 +1,121 @@
+"""`moe bench`: every measuring option a field of bench.options.BenchOptions, its default read
+there; a server on free ports unless --url names a running one."""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from bench.options import DEFAULT_OUT, LOAD_CLIENTS, BenchOptions, Endpoint
+
+from ..server import ServerOptions, local_server
+from .common import field_option, friendly_errors
+
+
+def running_endpoint(url: str, protocol: str, metrics_url: str | None) -> Endpoint:
+    host = url.rsplit(":", 1)[0]
+    return Endpoint(
+        url=url,
+        http_url=url if protocol == "http" else f"{host}:8000",
+        metrics_url=metrics_url or f"http://{host}:8002/metrics",
+    )
+
+
+@contextlib.contextmanager
+def started_endpoint(opts: BenchOptions, repository: Path | None, torch_threads: int, server_log: Path | None):
+    """A server this command starts (exporting the checkpoint first if no repository is given),
+    as an Endpoint with its cold start and memory."""
+    from export.repository import ExportOptions, export_repository, read_manifest
+
+    if repository is None:
+        repository = Path(opts.out) / "repository"
+        click.echo(f"exporting {opts.checkpoint or 'the bundled checkpoint'} to {repository}")
+        export_repository(opts.checkpoint, repository, ExportOptions(), progress=False, log=lambda *_: None)
+    started = time.monotonic()
+    with local_server(repository, torch_threads=torch_threads, ready_timeout_s=300, keep_log=server_log) as server:
+        cold = time.monotonic() - started
+        click.echo(f"all models ready {cold:.1f}s after launch")
+        yield Endpoint(
+            url=server.http_url if opts.protocol == "http" else server.grpc_url,
+            http_url=server.http_url,
+            metrics_url=server.metrics_url,
+            cold_start_s=round(cold, 2),
+            memory=server.memory,
+            rss_mb=server.rss_mb,
+            facts=dict(
+                repository=str(repository),
+                torch_threads=torch_threads,
+                export=(read_manifest(repository) or {}).get("options"),
+            ),
+        )
+
+
+@click.command()
+@click.option(
+    "--url",
+    help="host:port of a running server (default: export the checkpoint and "
+    "start one on free ports, which also measures cold start and memory)",
+)
+@field_option(BenchOptions, "protocol", type=click.Choice(["http", "grpc"]))
+@field_option(
+    BenchOptions,
+    "load_client",
+    type=click.Choice(list(LOAD_CLIENTS)),
+    help="what sends the requests: " + "; ".join(f"{k} = {v}" for k, v in LOAD_CLIENTS.items()),
+)
+@field_option(BenchOptions, "level_seconds", help="how long each level runs with wrk")
+@field_option(BenchOptions, "workflows")
+@field_option(
+    BenchOptions, "concurrency", help="closed-loop concurrency levels (workers each with one request in flight)"
+)
+@field_option(
+    BenchOptions,
+    "batch_sizes",
+    "--batch-size",
+    help="texts per request, one or more (e.g. 1,32); each runs every level",
+)
+@field_option(
+    BenchOptions, "requests", type=int, help="timed requests per level (default: 300, and at least 20 per worker)"
+)
+@field_option(BenchOptions, "batched_baseline", help="texts per batch of the batched in-process baseline (0: none)")
+@field_option(
+    BenchOptions,
+    "checkpoint",
+    type=click.Path(path_type=Path),
+    help="model of the in-process baselines and of the export (default: bundled)",
+)
+@field_option(BenchOptions, "device", help="device of the in-process baselines")
+@field_option(BenchOptions, "data", type=click.Path(path_type=Path), help="AG News folder (test.csv texts)")
+@click.option("--out", type=click.Path(path_type=Path), help="results folder (default: build/bench/)")
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    help="serve this exported repository (default: export the checkpoint to OUT/repository)",
+)
+@click.option("--metrics-url", help="with --url: Prometheus endpoint (default http://HOST:8002/metrics)")
+@field_option(ServerOptions, "torch_threads", help="the server's TorchScript threads")
+@field_option(BenchOptions, "targets", type=click.Choice(["cpu", "gpu"]), help="which targets the report checks")
+@click.option("--server-log", type=click.Path(path_type=Path), help="keep the log of the server the bench starts here")
+@click.option("--no-plots", is_flag=True)
+@friendly_errors
+def bench(url, out, repository, metrics_url, torch_threads, server_log, no_plots, **options):
+    """Served throughput and latency of v1 and v2 against the in-process eager model."""
+    from bench.served import run_bench
+
+    opts = BenchOptions(out=out or DEFAULT_OUT, plots=not no_plots, **options)
+    args = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else []
+    command = " ".join(["moe bench", *map(shlex.quote, args)])
+    if url is not None:
+        endpoint = contextlib.nullcontext(running_endpoint(url, opts.protocol, metrics_url))
+    else:
+        endpoint = started_endpoint(opts, repository, torch_threads, server_log)
+    with endpoint as where:
+        result = run_bench(opts, where, log=click.echo, command=command)
+    out = Path(opts.out)
+    click.echo((out / "bench.md").read_text())
+    click.echo(f"results in {out}: {', '.join(result.get('files', []))}")

@@ -1,0 +1,102 @@
+"""`moe export`: every option a field of export.options.ExportOptions, its default read there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from export.options import DEFAULT_OUT, ExportOptions
+
+from .common import field_option, friendly_errors
+
+
+@click.command("export")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="default: build/ in the working directory")
+@field_option(ExportOptions, "device", type=click.Choice(["cpu", "cuda"]))
+@click.option("--gpus", type=int, default=None, help="GPUs to spread experts over (default: all visible)")
+@field_option(
+    ExportOptions,
+    "bls_device",
+    type=click.Choice(["auto", "cpu"]),
+    help="where v1's BLS runs: auto = with the pieces; cpu = on the CPU whatever their device",
+)
+@field_option(
+    ExportOptions,
+    "full_model_instances",
+    type=int,
+    help="instances of v2's model (default: 2 on the CPU, 4 on every GPU)",
+)
+@field_option(
+    ExportOptions,
+    "full_model_max_batch",
+    type=click.IntRange(min=1),
+    help="texts per execution of v2's model (default: 256 on a GPU, --max-batch-size on the CPU)",
+)
+@field_option(
+    ExportOptions,
+    "host_cores",
+    type=click.IntRange(min=1),
+    help="cores of the serving machine that the host-side stages are sized for (default: this machine's)",
+)
+@field_option(
+    ExportOptions, "tokenizer_instances", type=click.IntRange(min=1), help="default: sized for the host's cores"
+)
+@field_option(
+    ExportOptions,
+    "tokenizer_threads",
+    type=click.IntRange(min=0),
+    help="each tokenizer instance's thread pool (0: one per core; default: 1 on a GPU host, 0 on the CPU)",
+)
+@field_option(
+    ExportOptions, "postprocessing_instances", type=click.IntRange(min=1), help="default: sized for the host's cores"
+)
+@field_option(
+    ExportOptions, "bls_instances", type=click.IntRange(min=1), help="v1's BLS (default: sized for the host's cores)"
+)
+@field_option(
+    ExportOptions,
+    "bls_max_batch",
+    type=click.IntRange(min=1),
+    help="texts per execution of v1's BLS (default: 256 on a GPU, --max-batch-size on the CPU)",
+)
+@field_option(
+    ExportOptions,
+    "length_group",
+    type=int,
+    help="v2 runs texts sorted by length in groups of this many (0: one group; default: 16 on the CPU, 0 on a GPU)",
+)
+@field_option(
+    ExportOptions,
+    "expert_fanout",
+    type=click.Choice(["auto", "ensemble", "calls"]),
+    help="how v1 reaches a layer's experts: one request to the experts ensemble, or one per busy "
+    "expert (auto: the ensemble)",
+)
+@field_option(
+    ExportOptions,
+    "v1_groups",
+    type=click.IntRange(min=1),
+    help="v1 runs each batch as this many length-sorted groups at once (default: 2 on the CPU, 1 on a GPU)",
+)
+@field_option(ExportOptions, "max_batch_size")
+@field_option(ExportOptions, "max_queue_size", help="requests an entry model queues before it rejects new ones")
+@click.option(
+    "--queue-timeout-ms",
+    type=int,
+    default=ExportOptions.queue_timeout_us // 1000,
+    show_default=True,
+    help="a request queued longer than this is rejected (clients may ask for less)",
+)
+@friendly_errors
+def export_(checkpoint, out, gpus, queue_timeout_ms, **options):
+    """Export CHECKPOINT (default: the bundled one) to a Triton model repository."""
+    from export.repository import export_repository
+
+    if gpus is None:
+        import torch
+
+        gpus = max(1, torch.cuda.device_count()) if options["device"] == "cuda" else 1
+    opts = ExportOptions(gpus=gpus, queue_timeout_us=queue_timeout_ms * 1000, **options)
+    export_repository(checkpoint, out or DEFAULT_OUT, opts, log=click.echo)
