@@ -6,8 +6,8 @@ the thread that launches full_model's kernels. So on a GPU host the stages share
 most of them to single-threaded tokenizer instances (the costliest step per text, about 0.1 ms
 of one core), a quarter to BLS instances, and full_model gets four instances per GPU: each
 execution waits on the GPU a few times (the routing reads expert counts back), and another
-instance launches its kernels meanwhile. full_model and the BLS take batches of up to 256 texts,
-since a GPU piece costs about the same per execution whether it runs 30 texts or 250. On the CPU the stages
+instance launches its kernels meanwhile. full_model takes batches of up to 256 texts, since a GPU
+piece costs about the same per execution whether it runs 30 texts or 250. On the CPU the stages
 keep the layout measured best on two cores (docs/benchmarks.md): one tokenizer with the library's
 own thread pool, one BLS, two single-threaded full_model instances.
 
@@ -27,7 +27,9 @@ class HostStages:
     tokenizer_threads: int  # 0: the tokenizers library's default pool (one thread per core)
     postprocessing_instances: int
     bls_instances: int
-    bls_max_batch: int  # texts per BLS execution (each execution's pieces are launch-bound on a GPU)
+    # Texts per BLS execution. 256 on a GPU doubled v1's throughput but 8 of about 4,000 answers
+    # (requests of 32 texts) then differed from eager, where 64 had none (docs/gpu_serving.md).
+    bls_max_batch: int
     full_model_instances: int  # per GPU on a GPU
     full_model_max_batch: int  # texts per full_model execution
 
@@ -56,7 +58,7 @@ def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages
         tokenizer_threads=1,
         postprocessing_instances=max(1, cores // 8),
         bls_instances=max(1, cores // 4),
-        bls_max_batch=max(max_batch_size, 256),
+        bls_max_batch=max_batch_size,
         full_model_instances=4,
         full_model_max_batch=max(max_batch_size, 256),
     )
