@@ -19,13 +19,17 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process, as eac
 
 
 def worker(args) -> tuple[int, float]:
-    tokenizer_path, texts, batch, seconds = args
+    tokenizer_path, texts, batch, seconds, twin = args
     import numpy as np
     from tokenizers import Tokenizer
+
+    ascii_twin = served_module("ascii_tokenizer").ascii_twin
 
     tokenizer = Tokenizer.from_file(tokenizer_path)
     padding = tokenizer.padding
     tokenizer.enable_padding(pad_id=padding["pad_id"], pad_token=padding["pad_token"], pad_to_multiple_of=8)
+    if twin:  # what the served model runs on ASCII text
+        tokenizer = ascii_twin(tokenizer)
     done, start, i = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
         chunk = texts[i : i + batch] if i + batch <= len(texts) else texts[:batch]
@@ -37,6 +41,18 @@ def worker(args) -> tuple[int, float]:
     return done, time.perf_counter() - start
 
 
+def served_module(name: str):
+    """A module of the served tokenizer model, loaded from its template folder."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "model_repository" / "tokenizer" / "1" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main() -> None:
     from moe.checkpoint import TOKENIZER, resolve
     from moe.data import DEFAULT_DATA, load_split
@@ -45,14 +61,15 @@ def main() -> None:
     parser.add_argument("--processes", default="1,12")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--original", action="store_true", help="the tokenizer itself, not its ASCII twin")
     parser.add_argument("--out")
     args = parser.parse_args()
     texts = load_split(str(DEFAULT_DATA), "test").texts
     path = str(resolve(None) / TOKENIZER)
-    result = dict(cores=len(os.sched_getaffinity(0)), batch=args.batch, runs=[])
+    result = dict(cores=len(os.sched_getaffinity(0)), batch=args.batch, ascii_twin=not args.original, runs=[])
     for p in [int(x) for x in args.processes.split(",")]:
         with mp.get_context("spawn").Pool(p) as pool:
-            parts = pool.map(worker, [(path, texts, args.batch, args.seconds)] * p)
+            parts = pool.map(worker, [(path, texts, args.batch, args.seconds, not args.original)] * p)
         rate = sum(n / s for n, s in parts)
         run = dict(processes=p, texts_per_s=round(rate), us_per_text_per_process=round(1e6 * p / rate, 1))
         result["runs"].append(run)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from ascii_tokenizer import ascii_twin
 from tokenizers import Tokenizer
 from triton_io import error_response, model_parameters
 
@@ -51,6 +52,8 @@ class TritonPythonModel:
         self.tokenizer.enable_padding(
             pad_id=padding["pad_id"], pad_token=padding["pad_token"], pad_to_multiple_of=multiple
         )
+        # The same ids for ASCII text, a third less CPU per text (ascii_tokenizer.py).
+        self.ascii_tokenizer = ascii_twin(self.tokenizer) or self.tokenizer
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -66,7 +69,8 @@ class TritonPythonModel:
             texts.extend(decoded)
         if texts:
             # encode_batch_fast: no character offsets, which nothing here reads.
-            encodings = self.tokenizer.encode_batch_fast(texts)
+            tokenizer = self.ascii_tokenizer if all(t.isascii() for t in texts) else self.tokenizer
+            encodings = tokenizer.encode_batch_fast(texts)
             ids = np.array([e.ids for e in encodings], dtype=np.int64)
             mask = np.array([e.attention_mask for e in encodings], dtype=bool)
             for r, start, end in spans:
