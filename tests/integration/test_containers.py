@@ -55,7 +55,8 @@ def cannot_run_containers() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(bool(cannot_run_containers()), reason=str(cannot_run_containers()))
+NO_CONTAINERS = cannot_run_containers()
+pytestmark = pytest.mark.skipif(NO_CONTAINERS is not None, reason=str(NO_CONTAINERS))
 
 
 @pytest.fixture(scope="module")
