@@ -5,11 +5,13 @@
 # as a CPU torch wheel on disk) are mounted read-only and handed to pip in the build.
 #
 #   scripts/containers/build_image.sh                 # localhost/moe-triton:cpu
+#   scripts/containers/build_image.sh --no-cache      # options after it go to podman build
 #   MOE_IMAGE=... BASE=docker.io/library/debian:bookworm-slim scripts/containers/build_image.sh
 set -eu
 cd "$(dirname "$0")/../.."
 
 IMAGE=${MOE_IMAGE:-localhost/moe-triton:cpu}
+extra="$*"
 BASE=${BASE:-$(scripts/containers/base_image.sh)}
 PIP=${PIP:-$(command -v .venv/bin/pip || command -v pip3 || command -v pip)}
 
@@ -48,6 +50,8 @@ fi
 [ -n "${extra_index% }" ] && set -- "$@" --build-arg "PIP_EXTRA_INDEX_URL=${extra_index% }"
 [ -n "${index% }" ] && set -- "$@" --build-arg "PIP_INDEX_URL=${index% }"
 
+# shellcheck disable=SC2086 # the caller's options, split as the shell split them
+set -- "$@" $extra
 echo "podman build $* ." >&2
 podman build "$@" .
 echo "$IMAGE"
