@@ -22,8 +22,9 @@ venv-interpreter:
 containers:
 	@need=""; for tool in podman debootstrap podman-compose; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
 	  if [ -n "$$need" ]; then echo "installing:$$need"; apt-get update -qq && $(APT) $$need >/dev/null; fi
-	@grep -qs '^default_ulimits' /etc/containers/containers.conf || \
-	  { mkdir -p /etc/containers; printf '[containers]\ndefault_ulimits = []\n' >> /etc/containers/containers.conf; }
+	@f=/etc/containers/containers.conf; grep -qs '^default_ulimits' $$f || { mkdir -p /etc/containers; \
+	  if grep -qs '^\[containers\]' $$f; then sed -i '/^\[containers\]/a default_ulimits = []' $$f; \
+	  else printf '[containers]\ndefault_ulimits = []\n' >> $$f; fi; }
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	@# Build tools of NVIDIA's libtorch backend; the Python backend's stub embeds the system's
