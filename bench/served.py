@@ -274,17 +274,14 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                             bar.update(n)
                         else:
                             run = await closed_loop_level(client, workflow, plan[:n], want, untimed, c, bar.update)
-                        s1, m1 = (
-                            _try(triton_stats.model_stats, endpoint.http_url),
-                            _try(triton_stats.prometheus, endpoint.metrics_url) if endpoint.metrics_url else None,
-                        )
+                        s1 = _try(triton_stats.model_stats, endpoint.http_url)
+                        m1 = None
+                        if workflow == "v1" and endpoint.metrics_url and m0 is not None and s0 and s1:
+                            bls_batches = s1["moe_bls"]["execution_count"] - s0["moe_bls"]["execution_count"]
+                            m1 = _try(triton_stats.bls_counters_settled, endpoint.metrics_url, m0, bls_batches)
                         level = dict(workflow=workflow, batch_size=b, concurrency=c, **run, load_average=load0)
                         if s0 is not None and s1 is not None:
-                            md = (
-                                triton_stats.delta(m1, m0)
-                                if workflow == "v1" and m0 is not None and m1 is not None
-                                else None
-                            )
+                            md = triton_stats.delta(m1, m0) if m1 is not None else None
                             level["breakdown"] = triton_stats.breakdown(
                                 # The server's counts include the requests that kept the workers busy.
                                 triton_stats.delta(s1, s0),

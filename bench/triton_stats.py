@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.request
 from collections import Counter
 
@@ -57,6 +58,19 @@ def prometheus(metrics_url: str, prefix: str = "moe_") -> dict:
         if line.startswith(prefix) and (m := _METRIC.match(line)):
             out[(m.group(1), frozenset(_LABEL.findall(m.group(2) or "")))] = float(m.group(3))
     return out
+
+
+def bls_counters_settled(metrics_url: str, before: dict, batches: int, timeout_s: float = 3.0) -> dict:
+    """prometheus() once the BLS's counters count `batches` more batches than `before` (or after
+    `timeout_s`): the BLS sends them from a thread of its own after its responses, so a read right
+    after the last answer can miss the last batches' stage times."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        now = prometheus(metrics_url)
+        counted = sum(v for k, v in delta(now, before).items() if k[0] == "moe_bls_batches_total")
+        if counted >= batches or time.monotonic() > deadline:
+            return now
+        time.sleep(0.05)
 
 
 def delta(after: dict, before: dict) -> dict:
