@@ -9,6 +9,8 @@ half a step of its row's scale: about 0.4 % of the row's largest weight). `--deq
 writes the same folder here too, the one a frozen-embedding student's table is rebuilt from.
 
     python scripts/gpu/distill_pack.py --init MINILM_DIR --out TRIP [--dequantized DIR]
+
+The code travels as `git archive HEAD moe scripts/gpu` (commit first).
 """
 
 from __future__ import annotations
@@ -84,7 +86,7 @@ def main() -> None:
 
     shutil.rmtree(args.out, ignore_errors=True)
     (args.out / "src").mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "moe", "scripts/gpu"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(args.out / "src")], input=archive, check=True)
     (args.out / "ag_news").mkdir()
     for split in ("train", "test"):
