@@ -188,5 +188,9 @@ def student_rows(transfer: TransferSet, teacher_tokenizer, student_tokenizer, ma
     # [MASK] stays in the text (a student without it reads it as ordinary characters).
     mask_id = teacher_tokenizer.convert_tokens_to_ids(MASK)
     dropped = special_ids(teacher_tokenizer) - {mask_id}
-    texts = teacher_tokenizer.batch_decode([[i for i in r if i not in dropped] for r in transfer.ids])
+    # Both are WordPiece tokenizers: a "##" piece continues the word before it.
+    texts = [
+        " ".join(teacher_tokenizer.convert_ids_to_tokens([i for i in r if i not in dropped])).replace(" ##", "")
+        for r in transfer.ids
+    ]
     return student_tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]

@@ -86,7 +86,8 @@ def main() -> None:
 
     shutil.rmtree(args.out, ignore_errors=True)
     (args.out / "src").mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "moe", "scripts/gpu"], check=True, capture_output=True).stdout
+    archive = ["git", "-C", str(ROOT), "archive", "HEAD", "moe", "scripts/gpu"]
+    archive = subprocess.run(archive, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(args.out / "src")], input=archive, check=True)
     (args.out / "ag_news").mkdir()
     for split in ("train", "test"):
