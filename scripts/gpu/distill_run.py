@@ -50,12 +50,16 @@ TEACHER = dict(upcycle="copy", n_experts=8, top_k=2, lr=5e-5, epochs=3, batch_si
 # Multiply-adds per token of one layer, d = 384, ~60 tokens a text: attention projections 4d^2
 # = 590k, scores and mixing 2*60*d = 46k, top-2 experts 2 * 2 * d * (1536 / experts): 295k for
 # 8 experts, 590k for 4. Today's bundled model (d 256, 8 experts of 768, top-2) does 1.07M per
-# layer, 2.14M per token: l2_e8 0.88x, l2_e4 1.14x, l3_e8 1.31x of it.
+# layer, 2.14M per token: l2_e8 0.88x, l2_e4 1.14x, l3_e8 1.31x of it. Eager CPU throughput
+# (one thread, batches of 16 and 32, random weights) put the 384-wide layers' overheads on top:
+# l2_e8 0.66-0.70x, l2_e4 0.60-0.83x, l3_e8 0.50-0.62x of the bundled model's texts/s, so the
+# 2-layer students are the candidates for the default and l3_e8 marks what a third layer buys.
+# A frozen token table is MiniLM's and comes back without it; l2_e4_emb trains its own.
 STUDENTS = {
     "l2_e8": dict(layers=2, n_experts=8, freeze_token_embedding=True),
     "l2_e4": dict(layers=2, n_experts=4, freeze_token_embedding=True),
     "l3_e8": dict(layers=3, n_experts=8, freeze_token_embedding=True),
-    "l3_e8_emb": dict(layers=3, n_experts=8, freeze_token_embedding=False),
+    "l2_e4_emb": dict(layers=2, n_experts=4, freeze_token_embedding=False),
 }
 STUDENT_TRAINING = dict(
     lr=3e-4, epochs=3, batch_size=128, ema_decay=0.999, distill_weight=0.9, distill_temperature=2.0, augment_copies=3
