@@ -163,7 +163,7 @@ def build_transfer_set(
     rng = random.Random(seed)
     augmented, augmented_labels = [], []
     if copies:
-        neighbours = embedding_neighbours(teacher.embedding.token.weight.detach())
+        neighbours = embedding_neighbours(teacher.embedding.token.weight.detach().to(device))
         for _ in range(copies):
             augmented += [augment(r, rng, neighbours, mask_id, special, aug) for r in rows]
             augmented_labels += labels
