@@ -67,6 +67,7 @@ STUDENT_TRAINING = dict(
 DRY_RUN = dict(max_train_rows=300, epochs=1, augment_copies=1, test_rows=200)
 PART_BYTES = 15 * 2**20
 TOKEN_TABLE = "embedding.token.weight"
+SCHEDULE = ("teacher_epochs", "student_epochs", "copies")  # options the workers inherit
 
 
 def log(message: str) -> None:
@@ -84,6 +85,12 @@ def configs(name: str, args):
     tc = dataclasses.replace(
         TrainConfig(**TRAIN_PRESETS["upcycle"]), **{k: v for k, v in spec.items() if k in train_keys}
     )
+    if name == "teacher" and args.teacher_epochs:
+        tc = dataclasses.replace(tc, epochs=args.teacher_epochs)
+    if name != "teacher" and args.student_epochs:
+        tc = dataclasses.replace(tc, epochs=args.student_epochs)
+    if args.copies is not None:
+        tc = dataclasses.replace(tc, augment_copies=args.copies)
     if args.dry_run:
         tc = dataclasses.replace(
             tc, max_train_rows=DRY_RUN["max_train_rows"], epochs=1, augment_copies=DRY_RUN["augment_copies"]
@@ -139,6 +146,7 @@ def launch(names: list[str], args, deadline: float) -> dict[str, str]:
     for name in names:
         command = [sys.executable, __file__, "--worker", name, "--trip", str(args.trip), "--work", str(args.work)]
         command += ["--out", str(args.out)] + (["--dry-run"] if args.dry_run else [])
+        command += [f"--{o.replace('_', '-')}={getattr(args, o)}" for o in SCHEDULE if getattr(args, o) is not None]
         with open(args.work / f"{name}.log", "w") as out:
             procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     status = {}
@@ -169,6 +177,7 @@ def record(name: str, status: str, args) -> dict:
         spec=TEACHER if name == "teacher" else dict(STUDENT_TRAINING, **STUDENTS[name]),
         val_accuracy_per_epoch=[e["val_accuracy"] for e in metrics.get("epochs", [])],
         seconds_per_epoch=[round(e["seconds"], 1) for e in metrics.get("epochs", [])],
+        train=metrics.get("train"),
         best_epoch=metrics.get("best_epoch"),
         best_val_accuracy=metrics.get("best_val_accuracy"),
         test_accuracy=test.get("accuracy"),
@@ -275,6 +284,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/distill-work"))
     ap.add_argument("--time-limit", type=float, default=500.0, help="seconds for the whole run, packing included")
     ap.add_argument("--teacher-limit", type=float, default=300.0, help="seconds the teacher may train and test")
+    ap.add_argument("--teacher-epochs", type=int, help="instead of the recipe's 3 (a shorter cosine schedule)")
+    ap.add_argument("--student-epochs", type=int)
+    ap.add_argument("--copies", type=int, help="augmented copies of each training row")
     ap.add_argument("--worker")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
@@ -287,7 +299,11 @@ def main() -> None:
     end = started + args.time_limit - 35  # kept for the last tests and the packing
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    summary = dict(started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)), runs=[])
+    summary = dict(
+        started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        command=" ".join(sys.argv),
+        runs=[],
+    )
     import torch
 
     summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
