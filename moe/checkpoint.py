@@ -20,7 +20,7 @@ WEIGHTS, CONFIG, TOKENIZER, METRICS = "model.safetensors", "config.json", "token
 REQUIRED = (WEIGHTS, CONFIG, TOKENIZER)
 
 # The checkpoint shipped with the package (the repository's checkpoints/); commands default to it.
-BUNDLED = Path(str(resources.files("moe") / "checkpoints" / "agnews-moe-small"))
+BUNDLED = Path(str(resources.files("moe") / "checkpoints" / "agnews-moe-distilled"))
 
 
 def save_checkpoint(

@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint, write_metrics
+from .checkpoint import TOKENIZER, load_checkpoint, save_checkpoint, write_metrics
 from .config import MoEConfig
 from .data import Split, load_split, train_val_split
+from .distill import TransferSet, build_transfer_set, distillation_loss, padded, student_rows
+from .errors import MoEError
 from .evaluate import evaluate
 from .model import MoEClassifier, auxiliary_losses, expert_load
 from .tokenizer import load_fast_tokenizer, train_tokenizer
@@ -42,6 +44,14 @@ class TrainConfig:
     # > 0: validate and save an exponential moving average of the weights (decay per step,
     # ramped up as (1 + t) / (10 + t) so that early steps do not drag the start in).
     ema_decay: float = 0.0
+    # Distillation (`moe train --distill TEACHER`, moe/distill.py): the weight of the loss on the
+    # teacher's logits (the labels' loss takes the rest), its softmax temperature, and how many
+    # augmented copies of each training row the transfer set adds.
+    distill_weight: float = 0.9
+    distill_temperature: float = 2.0
+    augment_copies: int = 3
+    # Keep the pretrained token embeddings as they are (a student upcycled from --init).
+    freeze_token_embedding: bool = False
 
 
 # Schedules from the sweeps in docs/results.md: on the 43,417 training rows we hold, validation
@@ -99,13 +109,16 @@ def lr_at(step: int, total: int, tc: TrainConfig) -> float:
 
 
 class Batches:
-    """Texts tokenized once, served as length-bucketed batches padded to their longest text."""
+    """Tokenized rows (with the teacher's logits when distilling), served as length-bucketed
+    batches padded to their longest row."""
 
-    def __init__(self, tokenizer, split: Split, max_len: int):
+    def __init__(self, ids: list[list[int]], labels: list[int], pad_id: int, teacher_logits=None):
+        self.ids, self.labels, self.pad_id, self.teacher_logits = ids, labels, pad_id, teacher_logits
+
+    @classmethod
+    def of_split(cls, tokenizer, split: Split, max_len: int) -> Batches:
         enc = tokenizer(split.texts, truncation=True, max_length=max_len)
-        self.ids = enc["input_ids"]
-        self.labels = split.labels
-        self.pad_id = tokenizer.pad_token_id
+        return cls(enc["input_ids"], split.labels, tokenizer.pad_token_id)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -129,11 +142,9 @@ class Batches:
             yield self.collate(b)
 
     def collate(self, idx: list[int]):
-        T = max(len(self.ids[i]) for i in idx)
-        ids = torch.full((len(idx), T), self.pad_id, dtype=torch.int64)
-        for r, i in enumerate(idx):
-            ids[r, : len(self.ids[i])] = torch.tensor(self.ids[i])
-        return ids, ids != self.pad_id, torch.tensor([self.labels[i] for i in idx])
+        ids, mask = padded([self.ids[i] for i in idx], self.pad_id)
+        soft = None if self.teacher_logits is None else self.teacher_logits[torch.tensor(idx)]
+        return ids, mask, torch.tensor([self.labels[i] for i in idx]), soft
 
 
 def train(
@@ -144,10 +155,18 @@ def train(
     log=print,
     init: Path | None = None,
     upcycle: str = "copy",
+    layers: int | None = None,
+    teacher: Path | None = None,
+    transfer: TransferSet | None = None,
 ) -> dict:
     """Train from scratch, or with `init` (a pretrained BERT-style Hugging Face folder) fine-tune
-    the MoE upcycled from it by `upcycle` ("copy" or "slice", see moe/upcycle.py): its
-    architecture and tokenizer then come from `init`, routing, max_len and dropout from `cfg`."""
+    the MoE upcycled from it by `upcycle` ("copy" or "slice", see moe/upcycle.py), on its first
+    `layers` layers if given: its architecture and tokenizer then come from `init`, routing,
+    max_len and dropout from `cfg`.
+
+    With `teacher` (a checkpoint folder), distil: the transfer set (the training rows and
+    tc.augment_copies augmented copies, labelled by the teacher) replaces the training rows.
+    `transfer` gives one built beforehand from the same training split."""
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     device = pick_device(tc.device)
@@ -164,7 +183,7 @@ def train(
         model = MoEClassifier(cfg)
         log(f"tokenizer: {tok.get_vocab_size()} subwords, trained in {time.time() - t0:.1f}s")
     else:
-        model, tok = start_from_pretrained(init, train_rows.texts, cfg, upcycle)
+        model, tok = start_from_pretrained(init, train_rows.texts, cfg, upcycle, layers)
         cfg = model.cfg
         log(
             f"upcycled {init} ({upcycle}): tokenizer trimmed to the {tok.get_vocab_size()} "
@@ -172,14 +191,33 @@ def train(
         )
     tokenizer_json = tok.to_str(pretty=True)
     fast = load_fast_tokenizer(tok)
-    train_batches = Batches(fast, train_rows, cfg.max_len)
+    teacher_tokenizer = None
+    if teacher is not None and transfer is None:
+        teacher_model, teacher_dir = load_checkpoint(teacher)
+        teacher_tokenizer = load_fast_tokenizer(teacher_dir / TOKENIZER)
+        t0 = time.time()
+        transfer = build_transfer_set(
+            teacher_model, teacher_tokenizer, train_rows.texts, train_rows.labels, tc.augment_copies, tc.seed, device
+        )
+        del teacher_model
+        log(f"transfer set: {len(transfer.labels)} rows labelled by {teacher} in {time.time() - t0:.1f}s")
+    if transfer is not None:
+        if transfer.originals != len(train_rows):
+            raise MoEError(f"the transfer set holds {transfer.originals} training rows, this split {len(train_rows)}")
+        rows = student_rows(transfer, teacher_tokenizer, fast, cfg.max_len)
+        train_batches = Batches(rows, transfer.labels, fast.pad_token_id, transfer.teacher_logits)
+    else:
+        train_batches = Batches.of_split(fast, train_rows, cfg.max_len)
+    if tc.freeze_token_embedding:
+        model.embedding.token.weight.requires_grad_(False)
     model = model.to(device)
     log(
         f"model: {model.num_parameters() / 1e6:.2f}M parameters, {cfg.n_layers} "
         f"{cfg.norm_position}-norm layers, {cfg.n_experts} experts of FFN {cfg.d_ff}, top-{cfg.top_k}"
     )
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in trained if not (p.dim() >= 2 and "embedding" not in n)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": tc.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=tc.lr,
@@ -203,7 +241,21 @@ def train(
         "epochs": [],
     }
     if init is not None:
-        history["upcycled_from"] = {"folder": str(init), "method": upcycle}
+        history["upcycled_from"] = {"folder": str(init), "method": upcycle, "layers": cfg.n_layers}
+    if transfer is not None:
+        history["distilled_from"] = {
+            "teacher": str(teacher),
+            "temperature": tc.distill_temperature,
+            "weight": tc.distill_weight,
+            "transfer_rows": len(transfer.labels),
+            "augmented_rows": len(transfer.labels) - transfer.originals,
+            "teacher_train_accuracy": (
+                (transfer.teacher_logits[: transfer.originals].argmax(-1) == torch.tensor(train_rows.labels))
+                .float()
+                .mean()
+                .item()
+            ),
+        }
     best_val, step = -1.0, 0
     for epoch in range(1, tc.epochs + 1):
         model.train()
@@ -225,13 +277,23 @@ def train(
             leave=False,
             mininterval=1.0,
         )
-        for ids, mask, labels in bar:
+        for ids, mask, labels, soft in bar:
             ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total, tc)
             with autocast:
                 logits, expert_ids, router_logits = model.forward_routed(ids, mask)
-                ce = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                if soft is None:
+                    ce = F.cross_entropy(logits.float(), labels, label_smoothing=tc.label_smoothing)
+                else:
+                    ce = distillation_loss(
+                        logits.float(),
+                        soft.to(device),
+                        labels,
+                        tc.distill_temperature,
+                        tc.distill_weight,
+                        tc.label_smoothing,
+                    )
                 bal, z = auxiliary_losses(cfg, expert_ids, router_logits)
                 loss = ce + cfg.balance_loss_weight * bal + cfg.z_loss_weight * z
             opt.zero_grad(set_to_none=True)

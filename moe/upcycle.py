@@ -153,6 +153,16 @@ def remap_post_processor(processor: dict | None, new_id: dict[int, int]) -> None
         raise MoEError(f"tokenizer post-processor {processor['type']!r} is not BERT's")
 
 
+def lower_layers(pretrained: Pretrained, n: int) -> Pretrained:
+    """The embeddings and the first n layers: a compact student that starts where the
+    pretrained encoder's lower layers are (Turc et al., 2019); the weights of the layers above
+    are simply never read."""
+    total = pretrained.config["num_hidden_layers"]
+    if not 1 <= n <= total:
+        raise MoEError(f"cannot keep {n} layers of a {total}-layer encoder")
+    return Pretrained(dict(pretrained.config, num_hidden_layers=n), pretrained.weights, pretrained.tokenizer)
+
+
 def moe_config(pretrained: Pretrained, base: MoEConfig, method: str) -> MoEConfig:
     """The pretrained architecture; routing, max_len, dropout and loss weights from `base`."""
     c = pretrained.config
@@ -256,11 +266,14 @@ def centre_routers(model: MoEClassifier, tokenizer: Tokenizer, texts: list[str])
 
 
 def start_from_pretrained(
-    folder: Path, texts: list[str], base: MoEConfig, method: str
+    folder: Path, texts: list[str], base: MoEConfig, method: str, layers: int | None = None
 ) -> tuple[MoEClassifier, Tokenizer]:
     """The upcycled model and its tokenizer (vocabulary trimmed to `texts`, truncating to
-    max_len and padding with [PAD]): what `moe train --init` fine-tunes."""
+    max_len and padding with [PAD]), on the first `layers` layers if given: what
+    `moe train --init` fine-tunes."""
     pretrained = trim_vocabulary(read_pretrained(folder), texts)
+    if layers is not None:
+        pretrained = lower_layers(pretrained, layers)
     model = upcycle(pretrained, base, method)
     configure(pretrained.tokenizer, model.cfg.max_len)
     centre_routers(model, pretrained.tokenizer, texts)

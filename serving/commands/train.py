@@ -50,8 +50,18 @@ from .common import friendly_errors
     show_default=True,
     help="with --init: each expert a copy of the layer's FFN, or one of n_experts slices of it",
 )
+@click.option("--layers", type=int, help="with --init: keep only the encoder's first N layers")
+@click.option("--freeze-token-embedding", is_flag=True, default=None, help="keep the pretrained token embeddings")
+@click.option(
+    "--distill",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="teacher checkpoint: train on its logits over the training rows and augmented copies",
+)
+@click.option("--distill-weight", type=float, help="weight of the loss on the teacher's logits (default 0.9)")
+@click.option("--distill-temperature", type=float, help="softmax temperature of that loss (default 2)")
+@click.option("--augment-copies", type=int, help="augmented copies of each training row (default 3)")
 @friendly_errors
-def train(preset, data, out, overrides, init, upcycle, **train_options):
+def train(preset, data, out, overrides, init, upcycle, layers, distill, **train_options):
     """Train a model and write the best checkpoint (by validation accuracy) to OUT."""
     from moe.config import preset as get_preset
     from moe.train import TRAIN_PRESETS, TrainConfig
@@ -64,7 +74,9 @@ def train(preset, data, out, overrides, init, upcycle, **train_options):
         raise MoEError(str(e)) from e
     tc = TrainConfig(**TRAIN_PRESETS.get("upcycle" if init else preset, {}))
     tc = dataclasses.replace(tc, **{k: v for k, v in train_options.items() if v is not None})
-    history = run_training(cfg, tc, data, out, log=click.echo, init=init, upcycle=upcycle)
+    history = run_training(
+        cfg, tc, data, out, log=click.echo, init=init, upcycle=upcycle, layers=layers, teacher=distill
+    )
     click.echo(
         f"best validation accuracy {history['best_val_accuracy'] * 100:.2f}% "
         f"(epoch {history['best_epoch']}), checkpoint in {out}"

@@ -93,7 +93,7 @@ def test_train_from_a_pretrained_bert_writes_an_upcycled_checkpoint(tmp_path, da
     assert r.returncode == 0, r.stderr
     assert "upcycled" in r.stdout and "post-norm" in r.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["upcycled_from"] == {"folder": str(bert), "method": "slice"}
+    assert metrics["upcycled_from"] == {"folder": str(bert), "method": "slice", "layers": 2}
     # With --init the training defaults are the fine-tuning schedule, fp16 weights included.
     assert metrics["train"]["lr"] == TRAIN_PRESETS["upcycle"]["lr"] and metrics["train"]["save_dtype"] == "float16"
     assert metrics["train"]["ema_decay"] == 0.99
@@ -106,3 +106,33 @@ def test_train_from_a_pretrained_bert_writes_an_upcycled_checkpoint(tmp_path, da
     # The template's ids are the trimmed vocabulary's, not the pretrained one's.
     vocab = spec["model"]["vocab"]
     assert processor["special_tokens"]["[SEP]"]["ids"] == [vocab["[SEP]"]] != [VOCAB.index("[SEP]")]
+
+
+def test_distil_a_student_from_a_trained_teacher(tmp_path, data_dir, tiny_checkpoint):
+    out = tmp_path / "student"
+    common = ("train", "--preset", "tiny", "--data", data_dir, "--max-train-rows", 4000, "--epochs", 1)
+    # The teacher's from-scratch tokenizer has no [MASK]: augmented copies are refused, clearly.
+    r = run_cli(*common, "--out", out, "--distill", tiny_checkpoint, "--augment-copies", 1)
+    assert_one_line_error(r, "[MASK]")
+    r = run_cli(
+        *common,
+        "--out",
+        out,
+        "--distill",
+        tiny_checkpoint,
+        "--augment-copies",
+        0,
+        "--distill-weight",
+        0.5,
+        "--distill-temperature",
+        3,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "transfer set: 3800 rows" in r.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    distilled = metrics["distilled_from"]
+    assert distilled["teacher"] == str(tiny_checkpoint) and distilled["transfer_rows"] == metrics["train_rows"] == 3800
+    assert (distilled["weight"], distilled["temperature"], distilled["augmented_rows"]) == (0.5, 3.0, 0)
+    # The teacher agrees with the labels of its own training rows far above chance.
+    assert 0.5 < distilled["teacher_train_accuracy"] <= 1.0
+    assert metrics["best_val_accuracy"] > 0.4

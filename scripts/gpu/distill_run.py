@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""One distillation experiment on one GPU: rebuild the teacher, label a transfer set, train
+compact students on it side by side, select each by validation, test each once.
+
+Run from the code folder of the trip that scripts/gpu/distill_pack.py packs:
+
+    python3 scripts/gpu/distill_run.py --trip TRIP --out $OUT [--time-limit 500] [--dry-run]
+
+1. teacher: all-MiniLM-L6-v2 upcycled with its FFN copied into 8 experts, lr 5e-5, weight EMA
+   0.999, 3 epochs (the 93.79 % recipe of docs/upcycling.md), best epoch by validation.
+2. transfer set: the training split (never the validation rows) plus augmented copies, each row
+   labelled once by the teacher's logits (moe/distill.py).
+3. students (STUDENTS): MiniLM's lower layers and embeddings, each FFN sliced into experts,
+   trained on the transfer set with the distillation loss, each a process of its own on the
+   same GPU; best epoch by validation accuracy; runs still training at the time limit are
+   stopped and their best epoch so far kept.
+4. each selected checkpoint evaluated once on the 7,600 test rows.
+
+Written to OUT as it goes (at most 8 files come back, 16 MiB each): summary.json; runs.tar.xz
+(logs, metrics, test results, the teacher's too); NAME.tar per student (its checkpoint folder,
+in NAME.tar.part-NN pieces when larger than 15 MiB; a frozen token table is left out and
+rebuilt from the dequantized encoder, its digest in summary.json).
+
+--dry-run: a few hundred rows, one epoch each, on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import io
+import json
+import lzma
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TEACHER = dict(upcycle="copy", n_experts=8, top_k=2, lr=5e-5, epochs=3, batch_size=32, ema_decay=0.999)
+# Students: (layers kept, experts per layer; each expert one slice of the FFN's 1,536 units).
+# Multiply-adds per token of one layer, d = 384, ~60 tokens a text: attention projections 4d^2
+# = 590k, scores and mixing 2*60*d = 46k, top-2 experts 2 * 2 * d * (1536 / experts): 295k for
+# 8 experts, 590k for 4. Today's bundled model (d 256, 8 experts of 768, top-2) does 1.07M per
+# layer, 2.14M per token: l2_e8 0.88x, l2_e4 1.14x, l3_e8 1.31x of it. Eager CPU throughput
+# (one thread, batches of 16 and 32, random weights) put the 384-wide layers' overheads on top:
+# l2_e8 0.66-0.70x, l2_e4 0.60-0.83x, l3_e8 0.50-0.62x of the bundled model's texts/s, so the
+# 2-layer students are the candidates for the default and l3_e8 marks what a third layer buys.
+# A frozen token table is MiniLM's and comes back without it; l2_e4_emb trains its own.
+STUDENTS = {
+    "l2_e8": dict(layers=2, n_experts=8, freeze_token_embedding=True),
+    "l2_e4": dict(layers=2, n_experts=4, freeze_token_embedding=True),
+    "l3_e8": dict(layers=3, n_experts=8, freeze_token_embedding=True),
+    "l2_e4_emb": dict(layers=2, n_experts=4, freeze_token_embedding=False),
+}
+STUDENT_TRAINING = dict(
+    lr=3e-4, epochs=3, batch_size=128, ema_decay=0.999, distill_weight=0.9, distill_temperature=2.0, augment_copies=3
+)
+DRY_RUN = dict(max_train_rows=300, epochs=1, augment_copies=1, test_rows=200)
+PART_BYTES = 15 * 2**20
+TOKEN_TABLE = "embedding.token.weight"
+SCHEDULE = ("teacher_epochs", "student_epochs", "copies")  # options the workers inherit
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def configs(name: str, args):
+    from moe.config import preset
+    from moe.train import TRAIN_PRESETS, TrainConfig
+
+    spec = TEACHER if name == "teacher" else dict(STUDENT_TRAINING, **STUDENTS[name], top_k=2)
+    model_keys = ("n_experts", "top_k")
+    cfg = dataclasses.replace(preset("small"), **{k: spec[k] for k in model_keys})
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    tc = dataclasses.replace(
+        TrainConfig(**TRAIN_PRESETS["upcycle"]), **{k: v for k, v in spec.items() if k in train_keys}
+    )
+    if name == "teacher" and args.teacher_epochs:
+        tc = dataclasses.replace(tc, epochs=args.teacher_epochs)
+    if name != "teacher" and args.student_epochs:
+        tc = dataclasses.replace(tc, epochs=args.student_epochs)
+    if args.copies is not None:
+        tc = dataclasses.replace(tc, augment_copies=args.copies)
+    if args.dry_run:
+        tc = dataclasses.replace(
+            tc, max_train_rows=DRY_RUN["max_train_rows"], epochs=1, augment_copies=DRY_RUN["augment_copies"]
+        )
+    return cfg, tc, spec
+
+
+def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
+    import torch
+
+    from moe.checkpoint import TOKENIZER, load_checkpoint
+    from moe.data import load_split
+    from moe.evaluate import evaluate
+    from moe.tokenizer import load_fast_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, path = load_checkpoint(checkpoint)
+    split = load_split(data, "test").head(rows)
+    result = evaluate(model.to(device), load_fast_tokenizer(path / TOKENIZER), split, model.cfg, 256, device)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def worker(name: str, args) -> None:
+    import torch
+
+    from moe.distill import TransferSet
+    from moe.train import train
+
+    torch.set_num_threads(2)
+    cfg, tc, spec = configs(name, args)
+    transfer = None if name == "teacher" else TransferSet.load(args.work / "transfer.pt")
+    train(
+        cfg,
+        tc,
+        args.work / "ag_news",
+        args.work / name,
+        log=log,
+        init=args.work / "minilm",
+        upcycle=spec.get("upcycle", "slice"),
+        layers=spec.get("layers"),
+        teacher=None if name == "teacher" else args.work / "teacher",
+        transfer=transfer,
+    )
+    rows = DRY_RUN["test_rows"] if args.dry_run else None
+    result = test_on(args.work / name, args.work / "ag_news", args.work / f"{name}.test.json", rows)
+    log(f"{name}: test accuracy {result['accuracy'] * 100:.2f}% ({result['rows']} rows)")
+
+
+def launch(names: list[str], args, deadline: float) -> dict[str, str]:
+    env = dict(os.environ, TQDM_DISABLE="1", PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
+    procs = {}
+    for name in names:
+        command = [sys.executable, __file__, "--worker", name, "--trip", str(args.trip), "--work", str(args.work)]
+        command += ["--out", str(args.out)] + (["--dry-run"] if args.dry_run else [])
+        command += [f"--{o.replace('_', '-')}={getattr(args, o)}" for o in SCHEDULE if getattr(args, o) is not None]
+        with open(args.work / f"{name}.log", "w") as out:
+            procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    status = {}
+    for name, proc in procs.items():
+        try:
+            rc = proc.wait(timeout=max(1.0, deadline - time.time()))
+            status[name] = "finished" if rc == 0 else f"failed (exit {rc})"
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+            status[name] = "stopped at the time limit"
+        log(f"{name}: {status[name]}")
+    return status
+
+
+def record(name: str, status: str, args) -> dict:
+    folder = args.work / name
+    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
+    test_file = args.work / f"{name}.test.json"
+    if metrics.get("best_epoch") and not test_file.is_file():
+        # Stopped before its test: its best epoch so far is on disk, tested once here.
+        test_on(folder, args.work / "ag_news", test_file, DRY_RUN["test_rows"] if args.dry_run else None)
+    test = json.loads(test_file.read_text()) if test_file.is_file() else {}
+    weights = folder / "model.safetensors"
+    return dict(
+        name=name,
+        status=status,
+        spec=TEACHER if name == "teacher" else dict(STUDENT_TRAINING, **STUDENTS[name]),
+        val_accuracy_per_epoch=[e["val_accuracy"] for e in metrics.get("epochs", [])],
+        seconds_per_epoch=[round(e["seconds"], 1) for e in metrics.get("epochs", [])],
+        train=metrics.get("train"),
+        best_epoch=metrics.get("best_epoch"),
+        best_val_accuracy=metrics.get("best_val_accuracy"),
+        test_accuracy=test.get("accuracy"),
+        test_max_load_over_fair_share=test.get("max_load_over_fair_share"),
+        distilled_from=metrics.get("distilled_from"),
+        weights_bytes=weights.stat().st_size if weights.is_file() else None,
+    )
+
+
+def add_file(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+    if path.is_file():
+        tar.add(path, arcname=arcname)
+
+
+def pack_student(name: str, args, summary: dict) -> None:
+    """NAME.tar (or its parts): the checkpoint folder, a frozen token table left out."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = args.work / name
+    if not (folder / "model.safetensors").is_file():
+        return
+    state = load_file(str(folder / "model.safetensors"))
+    entry = next(r for r in summary["runs"] if r["name"] == name)
+    if STUDENTS[name]["freeze_token_embedding"]:
+        table = state.pop(TOKEN_TABLE)
+        entry["token_table_sha256"] = hashlib.sha256(table.to(torch.float16).numpy().tobytes()).hexdigest()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for f in ("config.json", "tokenizer.json", "metrics.json"):
+            add_file(tar, folder / f, f"{name}/{f}")
+        save_file(state, str(args.work / f"{name}.weights"), metadata={"format": "pt"})
+        weights = (args.work / f"{name}.weights").read_bytes()
+        info = tarfile.TarInfo(f"{name}/model.safetensors")
+        info.size = len(weights)
+        tar.addfile(info, io.BytesIO(weights))
+    data = buffer.getvalue()
+    if len(data) <= PART_BYTES:
+        (args.out / f"{name}.tar").write_bytes(data)
+    else:
+        for i, s in enumerate(range(0, len(data), PART_BYTES)):
+            (args.out / f"{name}.tar.part-{i:02d}").write_bytes(data[s : s + PART_BYTES])
+
+
+def write_summary(summary: dict, args) -> None:
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with lzma.open(args.out / "runs.tar.xz", "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+        for name in ["teacher", *STUDENTS]:
+            add_file(tar, args.work / f"{name}.log", f"{name}.log")
+            add_file(tar, args.work / f"{name}.test.json", f"{name}.test.json")
+            for file in ("metrics.json", "config.json"):
+                add_file(tar, args.work / name / file, f"{name}.{file}")
+
+
+def prepare(args) -> None:
+    from distill_pack import write_dequantized
+
+    (args.work / "ag_news").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        with (
+            lzma.open(args.trip / "ag_news" / f"{split}.csv.xz") as src,
+            open(args.work / "ag_news" / f"{split}.csv", "wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst)
+    write_dequantized(args.trip / "minilm", args.work / "minilm")
+
+
+def build_transfer(args) -> dict:
+    import torch
+
+    from moe.checkpoint import TOKENIZER, load_checkpoint
+    from moe.data import load_split, train_val_split
+    from moe.distill import build_transfer_set
+    from moe.tokenizer import load_fast_tokenizer
+
+    _, tc, _ = configs(next(iter(STUDENTS)), args)
+    rows = load_split(args.work / "ag_news", "train").head(tc.max_train_rows)
+    train_rows, _ = train_val_split(rows, tc.val_fraction, tc.seed)
+    teacher, folder = load_checkpoint(args.work / "teacher")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    transfer = build_transfer_set(
+        teacher,
+        load_fast_tokenizer(folder / TOKENIZER),
+        train_rows.texts,
+        train_rows.labels,
+        tc.augment_copies,
+        tc.seed,
+        device,
+    )
+    transfer.save(args.work / "transfer.pt")
+    agree = (transfer.teacher_logits.argmax(-1) == torch.tensor(transfer.labels)).float()
+    return dict(
+        rows=len(transfer.labels),
+        originals=transfer.originals,
+        teacher_agrees_with_label_original=agree[: transfer.originals].mean().item(),
+        teacher_agrees_with_label_augmented=agree[transfer.originals :].mean().item() if tc.augment_copies else None,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trip", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/distill-work"))
+    ap.add_argument("--time-limit", type=float, default=500.0, help="seconds for the whole run, packing included")
+    ap.add_argument("--teacher-limit", type=float, default=300.0, help="seconds the teacher may train and test")
+    ap.add_argument("--teacher-epochs", type=int, help="instead of the recipe's 3 (a shorter cosine schedule)")
+    ap.add_argument("--student-epochs", type=int)
+    ap.add_argument("--copies", type=int, help="augmented copies of each training row")
+    ap.add_argument("--worker")
+    ap.add_argument("--dry-run", action="store_true")
+    args = ap.parse_args()
+    args.trip, args.work, args.out = args.trip.resolve(), args.work.resolve(), args.out.resolve()
+    if args.worker:
+        worker(args.worker, args)
+        return
+
+    started = time.time()
+    end = started + args.time_limit - 35  # kept for the last tests and the packing
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = dict(
+        started=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+        command=" ".join(sys.argv),
+        runs=[],
+    )
+    import torch
+
+    summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    prepare(args)
+    log(f"prepared in {time.time() - started:.0f}s; training the teacher")
+    status = launch(["teacher"], args, min(end, started + args.teacher_limit))
+    summary["runs"].append(record("teacher", status["teacher"], args))
+    write_summary(summary, args)
+    if not (args.work / "teacher" / "model.safetensors").is_file():
+        log("no teacher checkpoint: stopping")
+        return
+    log(f"teacher: {summary['runs'][0]}")
+    t0 = time.time()
+    summary["transfer_set"] = build_transfer(args)
+    summary["transfer_set"]["seconds"] = time.time() - t0
+    log(f"transfer set: {summary['transfer_set']}")
+    write_summary(summary, args)
+    status = launch(list(STUDENTS), args, end)
+    for name in STUDENTS:
+        summary["runs"].append(record(name, status[name], args))
+        write_summary(summary, args)
+    for name in STUDENTS:
+        pack_student(name, args, summary)
+    summary["seconds"] = time.time() - started
+    write_summary(summary, args)
+    for r in summary["runs"]:
+        log(
+            f"{r['name']}: {r['status']}; val {r['val_accuracy_per_epoch']} best {r['best_val_accuracy']} "
+            f"test {r['test_accuracy']} load {r['test_max_load_over_fair_share']} bytes {r['weights_bytes']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
