@@ -82,7 +82,7 @@ def table(runs: list[dict]) -> str:
         test = r["test_gpu"] or r["test_cpu"]
         load = f"{test['max_load_over_fair_share']:.2f}" if test else "–"
         seconds = sum(e["seconds"] for e in m["epochs"])
-        name = r["name"] + (" **(bundled)**" if m["epochs"] == bundled_epochs else "")
+        name = r["name"] + (" **(previous default)**" if m["epochs"] == bundled_epochs else "")
         lines.append(
             f"| {name} | {r['preset']} | {r['settings']} | {r['params_m']:.1f}M "
             f"| {m['train_rows']:,} | {ran} / {planned}{' (time limit)' if r['killed'] else ''} "

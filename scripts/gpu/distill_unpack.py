@@ -41,6 +41,20 @@ def student_archive(back: Path, name: str) -> bytes:
     return b"".join(p.read_bytes() for p in parts)
 
 
+def extract(archive: bytes, out: Path) -> None:
+    """Unpack a student's folder; Pythons without tarfile's data filter (before 3.11.4) get the
+    same guard by hand: plain files and folders inside OUT only."""
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(out, filter="data")
+            return
+        for member in tar.getmembers():
+            inside = (out / member.name).resolve().is_relative_to(out.resolve())
+            if not (member.isfile() or member.isdir()) or not inside:
+                raise SystemExit(f"refusing to unpack {member.name!r}: not a plain file inside {out}")
+        tar.extractall(out)
+
+
 def token_table(dequantized: Path, folder: Path, data: Path) -> torch.Tensor:
     """The frozen table: MiniLM's rows for the vocabulary trimmed to the training split."""
     cfg = load_config(folder)
@@ -64,8 +78,7 @@ def main() -> None:
         if run["name"] == "teacher" or run.get("weights_bytes") is None:
             continue
         name = run["name"]
-        with tarfile.open(fileobj=io.BytesIO(student_archive(args.back, name))) as tar:
-            tar.extractall(args.out, filter="data")
+        extract(student_archive(args.back, name), args.out)
         folder = args.out / name
         digest = run.get("token_table_sha256")
         if digest:
