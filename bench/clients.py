@@ -31,8 +31,8 @@ def load_client_kind(opts: BenchOptions) -> str:
 
 
 def load_client(opts: BenchOptions, endpoint: Endpoint):
-    """The client the workers share (an async context manager); wrk levels use the lean HTTP
-    client for nothing but the requests of a Python warm-up, which they do not send."""
+    """The client the workers share (an async context manager). A run with wrk opens the lean
+    HTTP client too but sends nothing through it: wrk sends every request of its levels."""
     from moe_client import AsyncMoEClient
 
     if load_client_kind(opts) in ("raw", "wrk"):

@@ -4,10 +4,10 @@ On a GPU the model is cheap and the host is the bound: every Python stage (token
 process of its own, and every instance whose thread pool is the size of the machine competes with
 the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
 most of them to single-threaded tokenizer instances (the costliest step per text, about 0.1 ms
-of one core), a quarter to BLS instances, and full_model gets four instances per GPU: each
-execution waits on the GPU a few times (the routing reads expert counts back), and another
-instance launches its kernels meanwhile. full_model takes batches of up to 256 texts, since a GPU
-piece costs about the same per execution whether it runs 30 texts or 250. On the CPU the stages
+of one core), a quarter to BLS instances, and full_model gets four instances per GPU (on an
+H200 they served more single texts a second than two at each concurrency measured, and as many
+batches; docs/gpu_serving.md). full_model takes batches of up to 256 texts, since its time per
+execution grows far slower than its texts (on the H200: 3.3 ms for 32 texts, 7.8 ms for 150). On the CPU the stages
 keep the layout measured best on two cores (docs/benchmarks.md): one tokenizer with the library's
 own thread pool, one BLS, two single-threaded full_model instances.
 

@@ -6,7 +6,7 @@
 #   scripts/gpu/serve_bench.sh NAME RESULTS [EXPORT OPTIONS ...]
 #     e.g. scripts/gpu/serve_bench.sh default $OUT/results
 #          WORKFLOWS=v2 scripts/gpu/serve_bench.sh tok8 $OUT/results --tokenizer-instances 8
-# Environment: WORKFLOWS (v2,v1), CONCURRENCY (1,64,256), BATCH_SIZES (1,32), SECONDS (5),
+# Environment: WORKFLOWS (v2,v1), CONCURRENCY (1,64,256), BATCH_SIZES (1,32), SECONDS_PER_LEVEL (5),
 # CHECK (1: check answers first).
 set -uo pipefail
 NAME=$1 RESULTS=$2
