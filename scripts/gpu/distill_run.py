@@ -4,16 +4,17 @@ compact students on it side by side, select each by validation, test each once.
 
 Run from the code folder of the trip that scripts/gpu/distill_pack.py packs:
 
-    python3 scripts/gpu/distill_run.py --trip TRIP --out $OUT [--time-limit 500] [--dry-run]
+    python3 scripts/gpu/distill_run.py --trip TRIP --out $OUT [--time-limit 500] [--students l2_e8,l3_e8]
+        [--dry-run]
 
 1. teacher: all-MiniLM-L6-v2 upcycled with its FFN copied into 8 experts, lr 5e-5, weight EMA
    0.999, 3 epochs (the 93.79 % recipe of docs/upcycling.md), best epoch by validation.
 2. transfer set: the training split (never the validation rows) plus augmented copies, each row
    labelled once by the teacher's logits (moe/distill.py).
-3. students (STUDENTS): MiniLM's lower layers and embeddings, each FFN sliced into experts,
-   trained on the transfer set with the distillation loss, each a process of its own on the
-   same GPU; best epoch by validation accuracy; runs still training at the time limit are
-   stopped and their best epoch so far kept.
+3. students (STUDENTS, or the ones --students names: fewer share the GPU faster): MiniLM's lower
+   layers and embeddings, each FFN sliced into experts, trained on the transfer set with the
+   distillation loss, each a process of its own on the same GPU; best epoch by validation
+   accuracy; runs still training at the time limit are stopped and their best epoch so far kept.
 4. each selected checkpoint evaluated once on the 7,600 test rows.
 
 Written to OUT as it goes (at most 8 files come back, 16 MiB each): summary.json; runs.tar.xz
@@ -67,7 +68,7 @@ STUDENT_TRAINING = dict(
 DRY_RUN = dict(max_train_rows=300, epochs=1, augment_copies=1, test_rows=200)
 PART_BYTES = 15 * 2**20
 TOKEN_TABLE = "embedding.token.weight"
-SCHEDULE = ("teacher_epochs", "student_epochs", "copies")  # options the workers inherit
+SCHEDULE = ("teacher_epochs", "student_epochs", "copies")  # options the workers inherit (--students is not one)
 
 
 def log(message: str) -> None:
@@ -225,7 +226,7 @@ def pack_student(name: str, args, summary: dict) -> None:
 def write_summary(summary: dict, args) -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     with lzma.open(args.out / "runs.tar.xz", "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-        for name in ["teacher", *STUDENTS]:
+        for name in ["teacher", *args.students]:
             add_file(tar, args.work / f"{name}.log", f"{name}.log")
             add_file(tar, args.work / f"{name}.test.json", f"{name}.test.json")
             for file in ("metrics.json", "config.json"):
@@ -253,7 +254,7 @@ def build_transfer(args) -> dict:
     from moe.distill import build_transfer_set
     from moe.tokenizer import load_fast_tokenizer
 
-    _, tc, _ = configs(next(iter(STUDENTS)), args)
+    _, tc, _ = configs(args.students[0], args)
     rows = load_split(args.work / "ag_news", "train").head(tc.max_train_rows)
     train_rows, _ = train_val_split(rows, tc.val_fraction, tc.seed)
     teacher, folder = load_checkpoint(args.work / "teacher")
@@ -287,10 +288,19 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, help="instead of the recipe's 3 (a shorter cosine schedule)")
     ap.add_argument("--student-epochs", type=int)
     ap.add_argument("--copies", type=int, help="augmented copies of each training row")
+    ap.add_argument(
+        "--students",
+        default=",".join(STUDENTS),
+        help="comma list of the students to train (fewer share the GPU faster); default: all of STUDENTS",
+    )
     ap.add_argument("--worker")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
     args.trip, args.work, args.out = args.trip.resolve(), args.work.resolve(), args.out.resolve()
+    args.students = [n.strip() for n in args.students.split(",") if n.strip()]
+    unknown = [n for n in args.students if n not in STUDENTS]
+    if unknown or not args.students:
+        ap.error(f"--students: unknown {unknown or 'none given'}; choose from {', '.join(STUDENTS)}")
     if args.worker:
         worker(args.worker, args)
         return
@@ -321,11 +331,11 @@ def main() -> None:
     summary["transfer_set"]["seconds"] = time.time() - t0
     log(f"transfer set: {summary['transfer_set']}")
     write_summary(summary, args)
-    status = launch(list(STUDENTS), args, end)
-    for name in STUDENTS:
+    status = launch(args.students, args, end)
+    for name in args.students:
         summary["runs"].append(record(name, status[name], args))
         write_summary(summary, args)
-    for name in STUDENTS:
+    for name in args.students:
         pack_student(name, args, summary)
     summary["seconds"] = time.time() - started
     write_summary(summary, args)
