@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from ascii_tokenizer import ascii_twin
+from ascii_tokenizer import AsciiWordPiece
 from tokenizers import Tokenizer
 from triton_io import error_response, model_parameters
 
@@ -52,8 +52,19 @@ class TritonPythonModel:
         self.tokenizer.enable_padding(
             pad_id=padding["pad_id"], pad_token=padding["pad_token"], pad_to_multiple_of=multiple
         )
-        # The same ids for ASCII text, a third less CPU per text (ascii_tokenizer.py).
-        self.ascii_tokenizer = ascii_twin(self.tokenizer) or self.tokenizer
+        # The same ids for ASCII text at a fraction of the CPU (ascii_tokenizer.py).
+        self.fast_path = AsciiWordPiece.of(self.tokenizer)
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = self.fast_path.encode(texts) if self.fast_path else None
+        if encoded is not None:
+            return encoded
+        # encode_batch_fast: no character offsets, which nothing here reads.
+        encodings = self.tokenizer.encode_batch_fast(texts)
+        return (
+            np.array([e.ids for e in encodings], dtype=np.int64),
+            np.array([e.attention_mask for e in encodings], dtype=bool),
+        )
 
     def execute(self, requests):
         responses = [None] * len(requests)
@@ -68,11 +79,7 @@ class TritonPythonModel:
             spans.append((r, len(texts), len(texts) + len(decoded)))
             texts.extend(decoded)
         if texts:
-            # encode_batch_fast: no character offsets, which nothing here reads.
-            tokenizer = self.ascii_tokenizer if all(t.isascii() for t in texts) else self.tokenizer
-            encodings = tokenizer.encode_batch_fast(texts)
-            ids = np.array([e.ids for e in encodings], dtype=np.int64)
-            mask = np.array([e.attention_mask for e in encodings], dtype=bool)
+            ids, mask = self.encode(texts)
             for r, start, end in spans:
                 responses[r] = pb_utils.InferenceResponse(
                     output_tensors=[
