@@ -76,7 +76,9 @@ function response(status, headers, body)
   local labels = body:match('"name":"LABEL".-"data":(%b[])')
   if id == nil or ids ~= expected_ids[id] or labels ~= expected_labels[id] then
     wrong = wrong + 1
-    if first_wrong == "" then first_wrong = body:sub(1, 300):gsub("%c", " ") end
+    if first_wrong == "" then
+      first_wrong = (tostring(id) .. "|" .. tostring(ids) .. "|" .. tostring(labels)):gsub("%c", " ")
+    end
   end
 end
 
@@ -222,9 +224,29 @@ def run_level(
         untimed=0,
         disagreements=out["wrong"],
         agreement_with_eager=round(1 - out["wrong"] / answered, 4) if answered else None,
-        first_disagreement=out["first_wrong"] or None,
+        first_disagreement=describe_disagreement(out["first_wrong"], requests, expected),
         threads=threads,
     )
+
+
+def describe_disagreement(wrong: str, requests: list[list[str]], expected) -> dict | None:
+    """The first answer unlike the expected one, as the Lua script saw it ("id|label ids|labels"),
+    with the texts of the request whose labels differ."""
+    if not wrong:
+        return None
+    request_id, ids, labels = wrong.split("|", 2)
+    detail = dict(request=request_id, answered_ids=ids[:2000], answered_labels=labels[:2000])
+    try:
+        answered, index = json.loads(ids), int(request_id)
+        want_ids, want_labels = expected[index]
+        detail["differing"] = [
+            dict(text=requests[index][k][:200], answered=answered[k], expected=[want_ids[k], want_labels[k]])
+            for k in range(min(len(answered), len(want_ids)))
+            if answered[k] != want_ids[k]
+        ][:10]
+    except (ValueError, IndexError, TypeError):
+        pass  # an answer without a readable id or label ids: the raw fields say what came back
+    return detail
 
 
 def first_line(text: str) -> str:

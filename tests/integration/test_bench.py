@@ -214,6 +214,10 @@ def test_wrk_counts_wrong_answers_and_server_errors(server, data_dir):
     assert wrong["checked"] > 0
     # Each text has one answer: of four expectations for the same text, at most one is right.
     assert wrong["disagreements"] >= wrong["checked"] * 3 // 4 - 2
+    first = wrong["first_disagreement"]
+    (differing,) = first["differing"]
+    assert differing["text"] == texts[0][:200]
+    assert differing["answered"] != differing["expected"][0] == int(first["request"])
     failed = wrk.run_level(server.http_url, "moe_v2", [[" "]], [([0], ["World"])], 2, 1)
     assert failed["checked"] == 0 and failed["errors"] > 0
     assert any("empty or whitespace" in m for m in failed["error_messages"]), failed["error_messages"]

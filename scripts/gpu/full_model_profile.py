@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Where full_model's time goes on a GPU, in process: the TorchScript FullModel that v2 serves,
+called as a libtorch-backend instance calls it (ragged ids and mask copied to the GPU, the answer
+copied back, each thread on a stream of its own), in fp32 as exported and in the variants that
+change only precision (TF32 matmuls, bf16 or fp16 weights).
+
+For each variant: every label of the 7,600 test texts and the largest probability difference
+against the fp32 eager model on the same GPU; milliseconds per call and texts/s with 1 and N
+threads for each batch size; and from torch.profiler, per call, the CUDA kernels launched, their
+summed GPU time and the call's wall time (a call much longer than its kernels waits on the host:
+launches, the interpreter, synchronisations).
+
+    python3 scripts/gpu/full_model_profile.py --out profile.json [--batches 64,256] [--threads 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from export.pieces import FullModel, ragged  # noqa: E402
+from moe.checkpoint import TOKENIZER, load_checkpoint  # noqa: E402
+from moe.data import DEFAULT_DATA, load_split  # noqa: E402
+from moe.tokenizer import encode, load_fast_tokenizer  # noqa: E402
+
+VARIANTS = {"fp32": torch.float32, "fp32+tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def set_tf32(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+
+
+def batches(tokenizer, texts: list[str], size: int, max_len: int) -> list[tuple]:
+    """The texts in batches of `size`, each as ragged CPU tensors (ids, mask, lengths)."""
+    out = []
+    for s in range(0, len(texts), size):
+        ids, mask = encode(tokenizer, texts[s : s + size], max_len)
+        out.append(ragged(ids, mask))
+    return out
+
+
+def call(module, inputs: tuple, device: str):
+    ids, mask, lengths = (t.to(device, non_blocking=True) for t in inputs)
+    probs, label_id, labels = module(ids, mask, lengths)
+    return probs.cpu(), label_id.cpu(), labels
+
+
+def agreement(module, reference: torch.Tensor, data: list[tuple], device: str) -> dict:
+    with torch.inference_mode():
+        probs = torch.cat([call(module, b, device)[0] for b in data])
+    return dict(
+        labels_unlike_fp32=int((probs.argmax(1) != reference.argmax(1)).sum()),
+        max_prob_diff=float((probs - reference).abs().max()),
+        texts=len(reference),
+    )
+
+
+def rate(module, data: list[tuple], device: str, threads: int, seconds: float) -> dict:
+    """Texts/s with `threads` callers, each on its own CUDA stream, for `seconds`."""
+    done = [0] * threads
+    stop = time.perf_counter() + seconds
+
+    def work(t: int) -> None:
+        stream = torch.cuda.Stream() if device == "cuda" else None
+        i = t
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            while time.perf_counter() < stop:
+                call(module, data[i % len(data)], device)
+                done[t] += int(data[i % len(data)][2].shape[0])
+                i += threads
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    start = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - start
+    return dict(threads=threads, texts_per_s=round(sum(done) / elapsed))
+
+
+def kernels(module, inputs: tuple, device: str, calls: int = 10) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        for _ in range(3):
+            call(module, inputs, device)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            for _ in range(calls):
+                call(module, inputs, device)
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - start
+    gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernel_us = sum(e.time_range.elapsed_us() for e in gpu if "memcpy" not in e.name.lower())
+    top = {}
+    for e in gpu:
+        top[e.name[:60]] = top.get(e.name[:60], 0) + e.time_range.elapsed_us()
+    return dict(
+        gpu_ops_per_call=round(len(gpu) / calls, 1),
+        gpu_ms_per_call=round(kernel_us / calls / 1000, 3),
+        wall_ms_per_call=round(1000 * wall / calls, 3),
+        top_kernels_us_per_call={k: round(v / calls, 1) for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:8]},
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--threads", default="1,4")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--device", default="cuda", help="cpu: a smoke test of this script (no kernel profile)")
+    ap.add_argument("--rows", type=int, help="the first N test texts only")
+    args = ap.parse_args()
+    device = args.device
+    model, path = load_checkpoint(None)
+    model.eval()
+    tokenizer = load_fast_tokenizer(path / TOKENIZER)
+    texts = load_split(DEFAULT_DATA, "test").texts[: args.rows]
+    cfg = model.cfg
+    set_tf32(False)
+    eager = copy.deepcopy(model).to(device)
+    full = batches(tokenizer, texts, 256, cfg.max_len)
+    with torch.inference_mode():
+        reference = torch.cat(
+            [torch.softmax(eager.forward(*pad(b, cfg.pad_id, device)).float(), -1).cpu() for b in full]
+        )
+    result = dict(
+        gpu=torch.cuda.get_device_name(0) if device == "cuda" else "none",
+        torch=torch.__version__,
+        checkpoint=str(path),
+        variants={},
+        texts=len(texts),
+    )
+    for name in args.variants.split(","):
+        set_tf32(name == "fp32+tf32")
+        module = torch.jit.script(FullModel(copy.deepcopy(model).to(VARIANTS[name]).eval())).to(device)
+        entry = dict(agreement=agreement(module, reference, full, device), speed=[])
+        for size in map(int, args.batches.split(",")):
+            data = batches(tokenizer, texts[: 32 * size], size, cfg.max_len)
+            with torch.inference_mode():
+                for b in data[:5]:
+                    call(module, b, device)
+            row = dict(
+                batch=size,
+                rates=[rate(module, data, device, t, args.seconds) for t in map(int, args.threads.split(","))],
+            )
+            if device == "cuda":
+                try:
+                    row.update(kernels(module, data[0], device))
+                except (RuntimeError, AttributeError, TypeError) as e:  # a bonus: keep the rest of the run
+                    row["profile_error"] = repr(e)
+            entry["speed"].append(row)
+            print(json.dumps({name: row}), flush=True)
+        print(json.dumps({name: entry["agreement"]}), flush=True)
+        result["variants"][name] = entry
+    set_tf32(False)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def pad(inputs: tuple, pad_id: int, device: str) -> tuple:
+    from export.pieces import unflatten_ragged
+
+    ids, mask, lengths = (t.to(device) for t in inputs)
+    return unflatten_ragged(ids, mask, lengths, pad_id)
+
+
+if __name__ == "__main__":
+    main()
