@@ -123,3 +123,42 @@ def test_counters_add_up_the_routed_tokens_and_batches(model):
     routed = sum(m.value for layer in counters.tokens for m in layer)
     assert routed == 2 * 11 * CFG.top_k * CFG.n_layers
     assert all(counters.stages[s].value > 0 for s in ("experts", "classifier", "orchestration"))
+
+
+@pytest.mark.parametrize("expert_calls", ["ensemble", "calls"])
+def test_every_answer_is_held_until_a_later_answer_is_back(model, monkeypatch, expert_calls):
+    """Triton takes an answer's memory back once its last reference drops, while kernels that
+    read it may still be queued on the GPU: the orchestration holds each answer until the next
+    model has answered. On the CPU nothing is queued, so this checks the holding itself: when
+    the models after the experts are called, every tensor answered since the layer's front
+    is still referenced."""
+    import weakref
+
+    server, bls = serve(model, expert_calls=expert_calls)
+    namespace = type(bls).outputs.__globals__  # the BLS model module's globals
+    answered = []  # (call number, weak reference) of every tensor the BLS took from an answer
+    real_to_torch = namespace["to_torch"]
+
+    def to_torch(tensor):
+        value = real_to_torch(tensor)
+        answered.append((len(server.calls), weakref.ref(value)))
+        return value
+
+    monkeypatch.setitem(namespace, "to_torch", to_torch)
+    real_run = server.run
+    released_early = []
+
+    def run(model_name, inputs):
+        if model_name in ("attention_gating", "classifier"):  # the calls after a layer's experts
+            released_early.extend(n for n, ref in answered if ref() is None)
+            answered.clear()
+        return real_run(model_name, inputs)
+
+    monkeypatch.setattr(server, "run", run)
+    try:
+        (response,) = execute(bls, [texts([12, 30, 7], 30, seed=8)], expert_tokens=False)
+    finally:
+        bls.finalize()
+    assert not response.has_error()
+    assert "classifier" in server.calls and any(name.startswith("expert") for name in server.calls)
+    assert released_early == [], f"answers of calls {released_early} were released before the next answer"

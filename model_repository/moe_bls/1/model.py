@@ -124,8 +124,6 @@ class TritonPythonModel:
         times, tokens = dict.fromkeys(STAGES, 0.0), []
         try:
             logits, counts = await self.orchestrator.forward(ids, mask, any(wants_counts), times, tokens)
-            logits = logits.cpu()  # the one copy to the host
-            counts = counts.cpu() if counts is not None else None
         except StepFailed as e:
             return error_responses(len(requests), f"moe_bls: {e}", pb_utils.TritonError.UNAVAILABLE)
         except Exception as e:  # noqa: BLE001 - every request gets an answer, never a dropped batch

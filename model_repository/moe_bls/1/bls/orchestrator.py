@@ -15,6 +15,14 @@ A batch runs as `groups` groups of texts sorted by length, each trimmed to its o
 and sent through the attention pieces concurrently; every layer's experts see the tokens of the
 whole batch. Activations stay on `device` from the first piece to the classifier; the host waits
 only for each layer's per-expert token counts and, once, for the logits.
+
+What a model answers lives in Triton's memory, which goes back to Triton's pool as soon as its
+last reference drops, however far the device still is from reading it: the host only queues
+kernels. Every answer is therefore held until a later answer is back (a model answers only
+after the work queued before its inputs were handed over), or until the logits are on the host.
+The experts' outputs are the answers this concerns: the combine that reads them is queued just
+before they would go out of scope. On the GPU, dropping them early let other executions' answers
+overwrite them, and a few texts of a loaded server came back with another class.
 """
 
 import asyncio
@@ -139,18 +147,19 @@ class Orchestrator:
         return outputs
 
     async def moe_update(self, h_real, expert_ids, weights, layer, times: dict):
-        """The MoE sublayer's update [N, D] of the N real tokens, and the tokens per expert: the
-        dispatch -> experts -> combine of moe.model.MoEFeedForward, the experts served."""
+        """The MoE sublayer's update [N, D] of the N real tokens, the tokens per expert, and the
+        experts' answers, which the caller holds until a later answer is back: the dispatch ->
+        experts -> combine of moe.model.MoEFeedForward, the experts served."""
         # The per-expert counts are the one value the host waits for in a layer: they say which
         # experts to call and how to split the tokens.
         token_index, slot_order, per_expert = routing.dispatch_plan(expert_ids, self.n_experts)
         chunks = h_real.index_select(0, token_index).split(per_expert)
         outputs = await timed(EXPERTS, times, self.run_experts(chunks, layer))
-        return routing.combine(torch.cat(outputs), weights, slot_order), per_expert
+        return routing.combine(torch.cat(outputs), weights, slot_order), per_expert, outputs
 
     async def forward(self, ids, mask, count_tokens: bool, times: dict, tokens: list):
-        """logits [B, C] and, if asked, tokens per text, layer and expert [B, L, E], on the
-        device; `times` gathers seconds per stage, `tokens` each layer's tokens per expert. ids
+        """logits [B, C] and, if asked, tokens per text, layer and expert [B, L, E], copied to
+        the host; `times` gathers seconds per stage, `tokens` each layer's tokens per expert. ids
         and mask stay on the CPU: the pieces take them from there, and the real positions are
         found without waiting for a device."""
         B = ids.shape[0]
@@ -175,7 +184,9 @@ class Orchestrator:
             h_real = torch.cat([routing.real_tokens(h, g.real) for (_, h, _, _), g in zip(fronts, groups)])
             expert_ids = torch.cat([f[2] for f in fronts])
             weights = torch.cat([f[3] for f in fronts])
-            update, per_expert = await self.moe_update(h_real, expert_ids, weights, layer, times)
+            # The previous layer's expert answers are released here, after this layer's front
+            # answered; this layer's stay until the next answer (module docstring).
+            update, per_expert, _expert_answers = await self.moe_update(h_real, expert_ids, weights, layer, times)
             start = 0
             for i, ((x, _, _, _), g) in enumerate(zip(fronts, groups)):
                 n = g.real.shape[0]
@@ -188,10 +199,13 @@ class Orchestrator:
         calls = [("classifier", [("INPUT__0", x), ("INPUT__1", g.mask)], ["OUTPUT__0"]) for x, g in zip(xs, groups)]
         per_group = await timed(CLASSIFIER, times, self.call_each(calls))
         if len(groups) == 1:
-            return per_group[0][0], counts
-        rows = torch.cat([g.rows for g in groups]).to(self.device)
-        group_logits = torch.cat([logits for (logits,) in per_group])
-        return torch.empty_like(group_logits).index_copy_(0, rows, group_logits), counts
+            logits = per_group[0][0]
+        else:
+            rows = torch.cat([g.rows for g in groups]).to(self.device)
+            group_logits = torch.cat([logits for (logits,) in per_group])
+            logits = torch.empty_like(group_logits).index_copy_(0, rows, group_logits)
+        # The one copy to the host, made while every answer the logits come from is held.
+        return logits.cpu(), counts.cpu() if counts is not None else None
 
 
 async def timed(stage: str, times: dict, awaitable):
