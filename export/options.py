@@ -30,6 +30,11 @@ class ExportOptions:
     # docs/benchmarks.md, docs/gpu_serving.md.
     full_model_instances: int | None = None
     length_group: int | None = None
+    # float32, or float16 / bfloat16 where export/precision.py's gate passes (v2 then agrees with
+    # v1 on labels, not to the last digit of the probabilities).
+    full_model_dtype: str = "float32"
+    # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
+    precision_check_texts: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
     # with as many instances of the attention and gating models: 2 on the CPU (both cores busy,
     # and less padding), 1 on a GPU. None: by device.

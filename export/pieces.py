@@ -154,14 +154,15 @@ class FullModel(nn.Module):
         return logits
 
 
-def build_pieces(model: MoEClassifier, length_group: int = 0) -> dict:
-    """Triton model name -> eager wrapper module (`length_group`: see FullModel)."""
+def build_pieces(model: MoEClassifier, length_group: int = 0, full_model: MoEClassifier | None = None) -> dict:
+    """Triton model name -> eager wrapper module (`length_group`: see FullModel; `full_model`:
+    the model v2 runs, `model` itself unless given, e.g. in half precision)."""
     pieces = {
         "embedding": EmbeddingPiece(model),
         "attention": AttentionPiece(model),
         "gating": GatingPiece(model),
         "classifier": ClassifierPiece(model),
-        "full_model": FullModel(model, length_group),
+        "full_model": FullModel(model if full_model is None else full_model, length_group),
         "postprocessing": Postprocessing(list(model.cfg.labels)),
     }
     for e in range(model.cfg.n_experts):

@@ -30,6 +30,7 @@ from moe.tokenizer import encode, load_fast_tokenizer
 from .configs import fill, model_values
 from .options import DEFAULT_OUT, ExportOptions
 from .pieces import build_pieces, sample_inputs
+from .precision import check_precision, half_model
 
 __all__ = ["DEFAULT_OUT", "ExportOptions", "export_repository", "is_current", "read_manifest"]
 
@@ -132,8 +133,16 @@ def export_repository(
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
     ids, mask = encode(tokenizer, PARITY_TEXTS, cfg.max_len)
     opts = opts.resolved()
-    pieces = build_pieces(model, opts.length_group)
+    v2_model = half_model(model, opts.full_model_dtype)
+    pieces = build_pieces(model, opts.length_group, v2_model)
     samples = sample_inputs(model, ids, mask)
+    precision = (
+        None
+        if v2_model is model
+        else check_precision(
+            model, v2_model, tokenizer, opts.full_model_dtype, opts.device, opts.precision_check_texts, log=log
+        )
+    )
 
     from tqdm.auto import tqdm
 
@@ -147,12 +156,12 @@ def export_repository(
 
     out = Path(out)
     with replaced_folder(out) as tmp:
-        manifest = write_repository(tmp, model, ckpt, scripted, opts)
+        manifest = write_repository(tmp, model, ckpt, scripted, opts, precision)
     log(f"wrote {len(manifest['models'])} models and {len(manifest['ensembles'])} ensembles to {out}")
     return out
 
 
-def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportOptions) -> dict:
+def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportOptions, precision=None) -> dict:
     cfg = model.cfg
     models, ensembles = tmp / "model_repository", tmp / "ensemble"
     values = model_values(cfg, opts, MODEL_TEMPLATES / "experts" / "config.pbtxt")
@@ -190,6 +199,8 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
         weights_sha256=sha256(ckpt / WEIGHTS),
         config=cfg.to_dict(),
         options=asdict(opts),
+        # full_model in half precision: what the gate measured (export/precision.py).
+        precision_check=precision,
         models=sorted(p.name for p in models.iterdir()),
         ensembles=sorted(p.name for p in ensembles.iterdir()),
     )

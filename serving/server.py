@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from export.repository import DEFAULT_OUT
+from export.repository import DEFAULT_OUT, read_manifest
 from moe.errors import MoEError
 from moe_client import ADMIN_HEADER
 
@@ -53,6 +53,24 @@ def repositories(root: Path) -> list[Path]:
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 
 
+# Tensors of the largest batch ([texts, max_len, d_model] floats) one BLS execution keeps in the
+# pool at its peak: a layer's front answers (X_OUT, H), its experts' answers and the previous
+# layer's (held until the next answer is back), and the inputs handed to the pieces.
+BLS_POOL_TENSORS = 12
+
+
+def cuda_memory_pool_mb(manifest: dict | None) -> int | None:
+    """Per GPU, the pool Triton's Python backend hands GPU tensors through, for a repository
+    exported for GPUs (None: Triton's default, 64 MB). v1's BLS passes every activation through
+    it; when it is full they go through host memory instead, and on an H200 v1 with batches of 32
+    fell to 2,124 texts/s with its queue overflowing (docs/gpu_serving.md)."""
+    options, config = (manifest or {}).get("options") or {}, (manifest or {}).get("config") or {}
+    if options.get("device") != "cuda":
+        return None
+    batch_bytes = options["bls_max_batch"] * config["max_len"] * config["d_model"] * 4
+    return max(64, -(-options["bls_instances"] * BLS_POOL_TENSORS * batch_bytes // 2**20))
+
+
 def _env_path(name: str) -> Path | None:
     return Path(os.environ[name]) if os.environ.get(name) else None
 
@@ -76,6 +94,9 @@ class ServerOptions:
     backend_directory: Path | None = field(default_factory=lambda: _env_path("MOE_BACKEND_DIRECTORY"))
     # Intra-op threads of the TorchScript models (all of them share the server's pool).
     torch_threads: int = 1
+    # MB per GPU of the pool the Python backend passes GPU tensors through (None: sized from the
+    # export, cuda_memory_pool_mb).
+    cuda_memory_pool_mb: int | None = None
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
     # Seconds start() waits for every model to be ready.
@@ -157,8 +178,17 @@ class TritonServer:
             "--exit-on-error=true",
             "--disable-auto-complete-config",  # serve the configs exactly as exported
             f"--log-verbose={o.log_verbose}",
+            *self.cuda_pool_args(),
         ]
         return cmd + list(o.extra_args)
+
+    def cuda_pool_args(self) -> list[str]:
+        manifest = read_manifest(self.opts.repository)
+        mb = self.opts.cuda_memory_pool_mb or cuda_memory_pool_mb(manifest)
+        if mb is None:
+            return []
+        gpus = ((manifest or {}).get("options") or {}).get("gpus", 1)
+        return [f"--cuda-memory-pool-byte-size={gpu}:{mb * 2**20}" for gpu in range(gpus)]
 
     @property
     def restarts(self) -> list[str]:

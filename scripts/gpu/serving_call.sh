@@ -4,11 +4,13 @@
 #
 #   scripts/gpu/serving_call.sh OUT COMMIT [BUDGET_SECONDS]   (default 560)
 #
-# 1. set-up (scripts/gpu/setup.sh);
-# 2. the default export served, its answers checked and benched (serve_bench.sh default);
-# 3. the tokenizer stage's rate outside Triton, in 1 and 12 processes (scripts/tokenizer_rate.py);
-# 4. full_model in process: precision variants, threads, kernels (full_model_profile.py), with
-#    what is left of the budget.
+# After set-up (scripts/gpu/setup.sh), the steps STEPS names, in order (default "default
+# tokenizer profile"):
+#   default    the default export served, its answers checked and benched (serve_bench.sh)
+#   fp16       v2 with full_model in float16 (--full-model-dtype float16), the same way
+#   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
+#   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
+#   profile    full_model in process: precision variants, threads, kernels, with what is left
 # Everything lands in OUT/results.tar.xz (one file: the device returns at most eight).
 set -uo pipefail
 OUT_DIR=$1 COMMIT=$2 BUDGET=${3:-560}
@@ -22,10 +24,23 @@ trap pack EXIT
 # shellcheck source=scripts/gpu/setup.sh
 source scripts/gpu/setup.sh .devcarry/gpu > "$R/setup.log" 2>&1 || { tail -20 "$R/setup.log"; exit 1; }
 echo "set-up done at $(($(date +%s) - start)) s"
-SECONDS_PER_LEVEL=${SECONDS_PER_LEVEL:-4} timeout $(($(left) - 130)) scripts/gpu/serve_bench.sh default "$R"
-echo "bench done at $(($(date +%s) - start)) s"
-timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json"
-timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
-  > "$R/profile.log" 2>&1
-echo "profile exit $? at $(($(date +%s) - start)) s"
-grep -h '^{' "$R/profile.log" | cut -c1-300
+export SECONDS_PER_LEVEL=${SECONDS_PER_LEVEL:-4}
+for step in ${STEPS:-default tokenizer profile}; do
+  echo "--- $step at $(($(date +%s) - start)) s"
+  case $step in
+    default) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh default "$R" ;;
+    fp16)
+      WORKFLOWS=v2 CHECK_TOLERANCE=0.1 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh fp16 "$R" --full-model-dtype float16 ;;
+    bls64)
+      WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh bls64 "$R" --bls-max-batch 64 ;;
+    tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
+    profile)
+      timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
+        > "$R/profile.log" 2>&1
+      grep -h '^{' "$R/profile.log" | cut -c1-300 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+echo "done at $(($(date +%s) - start)) s"

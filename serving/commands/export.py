@@ -30,6 +30,19 @@ from .common import field_option, friendly_errors
 )
 @field_option(
     ExportOptions,
+    "full_model_dtype",
+    type=click.Choice(["float32", "float16", "bfloat16"]),
+    help="v2's model in half precision, if every test label stays float32's and probabilities within "
+    "0.1 (checked at export; v2 then matches v1 on labels, not to the last digit)",
+)
+@field_option(
+    ExportOptions,
+    "precision_check_texts",
+    type=click.IntRange(min=1),
+    help="check a half-precision v2 on the first N test texts only (default: all 7,600)",
+)
+@field_option(
+    ExportOptions,
     "full_model_max_batch",
     type=click.IntRange(min=1),
     help="texts per execution of v2's model (default: 256 on a GPU, --max-batch-size on the CPU)",

@@ -107,6 +107,13 @@ def wait_for_signal(server: TritonServer) -> None:
     help="its backends (env MOE_BACKEND_DIRECTORY), e.g. /opt/tritonserver/backends",
 )
 @field_option(ServerOptions, "torch_threads", help="intra-op threads of the TorchScript models (shared by all of them)")
+@field_option(
+    ServerOptions,
+    "cuda_memory_pool_mb",
+    type=click.IntRange(min=1),
+    help="MB per GPU of the pool Python models pass GPU tensors through (default: sized for v1's BLS "
+    "from the export; Triton's 64 for a CPU export)",
+)
 @click.option(
     "--classify",
     "sample_text",

@@ -311,3 +311,37 @@ def test_postprocessing_batches_requests_and_each_gets_its_own_labels(tiny_check
         names = [v.decode() for v in answer.as_numpy("OUTPUT__2").reshape(-1)]
         assert names == [labels[i] for i in expected]
         assert answer.as_numpy("OUTPUT__2").shape == (len(x), 1)
+
+
+def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
+    """`--full-model-dtype float16`: the export runs the test texts through float32 and float16
+    first; outside the tolerance it refuses and says what it measured, inside it exports v2 in
+    float16, which then answers v1's labels."""
+    from export import precision
+
+    opts = ExportOptions(full_model_dtype="float16")
+    monkeypatch.setattr(precision, "TOLERANCE", 0.0)
+    with pytest.raises(MoEError, match=r"float16: \d+ of 7600 test labels .* \(tolerance 0.0\) .* refusing"):
+        export_repository(tiny_checkpoint, tmp_path / "refused", opts, progress=False, log=lambda *_: None)
+    monkeypatch.undo()
+    # A barely trained tiny model has test texts so close to a tie that float16 flips a few
+    # (2 of 7,600 when written): the first 256 have none.
+    opts.precision_check_texts = 256
+    repository = export_repository(tiny_checkpoint, tmp_path / "half", opts, progress=False, log=lambda *_: None)
+    check = json.loads((repository / "manifest.json").read_text())["precision_check"]
+    assert check["texts"] == 256 and check["labels_unlike_float32"] == 0
+    assert 0 <= check["max_prob_diff"] <= precision.TOLERANCE
+    full_model = torch.jit.load(str(repository / "model_repository" / "full_model" / "1" / "model.pt"))
+    assert {p.dtype for p in full_model.parameters()} == {torch.float16}
+    texts = load_split(str(data_dir), "test").texts[:64]
+    server = start_server(repository)
+    try:
+        client = httpclient.InferenceServerClient(server.http_url)
+        v1, v2 = (classify(client, model, texts) for model in ("moe_v1", "moe_v2"))
+        client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+    assert v2["PROBS"].dtype == np.float32
+    np.testing.assert_array_equal(v2["LABEL_ID"], v1["LABEL_ID"])
+    assert np.abs(v2["PROBS"] - v1["PROBS"]).max() <= precision.TOLERANCE

@@ -60,3 +60,28 @@ def test_server_errors_are_named_by_their_status(status, message, kind):
 
 def test_bugs_are_not_named_server_errors():
     assert map_error(KeyError("x"), "somewhere") is None
+
+
+def test_the_cuda_pool_is_sized_for_the_bls_of_a_gpu_export(tmp_path):
+    """Python models pass GPU tensors through Triton's CUDA pool: a GPU export gets one sized
+    for its BLS on every GPU, a CPU export Triton's default, and --cuda-memory-pool-mb wins."""
+    import json
+
+    from serving.server import BLS_POOL_TENSORS, ServerOptions, TritonServer
+
+    def pool_args(device: str, **options) -> list[str]:
+        (tmp_path / "model_repository").mkdir(exist_ok=True)
+        manifest = dict(
+            options=dict(device=device, gpus=2, bls_instances=4, bls_max_batch=256),
+            config=dict(max_len=128, d_model=384),
+        )
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        return TritonServer(ServerOptions(repository=tmp_path, **options)).cuda_pool_args()
+
+    mb = -(-4 * BLS_POOL_TENSORS * 256 * 128 * 384 * 4 // 2**20)
+    assert mb > 64
+    assert pool_args("cuda") == [f"--cuda-memory-pool-byte-size={g}:{mb * 2**20}" for g in (0, 1)]
+    assert pool_args("cpu") == []
+    assert pool_args("cuda", cuda_memory_pool_mb=100) == [
+        f"--cuda-memory-pool-byte-size={g}:{100 * 2**20}" for g in (0, 1)
+    ]

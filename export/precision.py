@@ -1,0 +1,76 @@
+"""v2's model in half precision, allowed only where it gives the fp32 model's answers.
+
+On an H200 full_model in fp32 was the bound of v2 once the tokenizer was cheap: 60,431 texts/s in
+process with four instances' worth of threads on batches of 256, against 117,878 in fp16, with
+every one of the 7,600 test labels equal to fp32's (scripts/gpu/full_model_profile.py,
+docs/gpu_serving.md). Half precision moves the probabilities, so v1 (fp32) and v2 then agree on
+labels, not to the last digit: that is why it is asked for, never the default.
+
+`moe export --full-model-dtype float16` (or bfloat16) runs the gate below on the export machine's
+device (the GPU where the export is for one and one is present): every test text through the
+fp32 model and through the half one; any label unlike fp32's, or a probability further than
+TOLERANCE from it, refuses the export. What it measured goes into the manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from moe.data import DEFAULT_DATA, load_split
+from moe.errors import MoEError
+from moe.tokenizer import encode
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# Largest probability difference from fp32 that a half-precision full_model may show on the test
+# set; the bundled model measured 0.083 in fp16 on an H200 (0.11 and 2 labels changed in bf16).
+TOLERANCE = 0.1
+
+
+def half_model(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
+    """A copy of `model` in `dtype` (the model itself for float32)."""
+    if dtype not in DTYPES:
+        raise MoEError(f"--full-model-dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return model if dtype == "float32" else copy.deepcopy(model).to(DTYPES[dtype]).eval()
+
+
+def probabilities(model, tokenizer, texts: list[str], device: str, batch: int = 256) -> torch.Tensor:
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch):
+            ids, mask = encode(tokenizer, texts[start : start + batch], model.cfg.max_len)
+            out.append(torch.softmax(model(ids.to(device), mask.to(device)).float(), -1).cpu())
+    return torch.cat(out)
+
+
+def check_precision(
+    model, half, tokenizer, dtype: str, export_device: str, texts: int | None = None, data=DEFAULT_DATA, log=print
+) -> dict:
+    """The gate: `half` against `model` (fp32) on the first `texts` test texts (None: all).
+    Returns what it measured; raises MoEError if a label differs or a probability moves more
+    than TOLERANCE."""
+    device = "cuda" if export_device == "cuda" and torch.cuda.is_available() else "cpu"
+    try:
+        texts = load_split(str(data), "test").texts[:texts]
+    except MoEError as e:
+        raise MoEError(f"--full-model-dtype {dtype} is checked on the test set, which is missing: {e}") from None
+    log(f"precision check: {len(texts)} test texts in float32 and {dtype} on {device}")
+    reference = probabilities(copy.deepcopy(model).to(device), tokenizer, texts, device)
+    got = probabilities(copy.deepcopy(half).to(device), tokenizer, texts, device)
+    result = dict(
+        dtype=dtype,
+        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        texts=len(texts),
+        labels_unlike_float32=int((got.argmax(1) != reference.argmax(1)).sum()),
+        max_prob_diff=round(float((got - reference).abs().max()), 6),
+        tolerance=TOLERANCE,
+    )
+    if result["labels_unlike_float32"] or not result["max_prob_diff"] <= TOLERANCE:
+        raise MoEError(
+            f"full_model in {dtype}: {result['labels_unlike_float32']} of {len(texts)} test labels unlike "
+            f"float32's, probabilities up to {result['max_prob_diff']:.3g} away (tolerance {TOLERANCE}) on "
+            f"{result['device']}: refusing to export; --full-model-dtype float32 keeps v2 exact"
+        )
+    log(f"precision check: every label equal, probabilities within {result['max_prob_diff']:.3g}")
+    return result
