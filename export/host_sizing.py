@@ -3,13 +3,14 @@
 On a GPU the model is cheap and the host is the bound: every Python stage (tokenizer, BLS) is a
 process of its own, and every instance whose thread pool is the size of the machine competes with
 the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
-most of them to single-threaded tokenizer instances (the costliest step per text), a quarter to
-BLS instances taking batches of up to 256 texts, and full_model gets four instances per GPU (on
-an H200 they served more single texts a second than two at each concurrency measured, and as
-many batches; docs/gpu_serving.md). full_model takes batches of up to 256 texts, since its time
-per execution grows far slower than its texts (on the H200: 3.3 ms for 32 texts, 7.8 ms for
-150). On the CPU the stages keep the layout measured best on two cores (docs/benchmarks.md): one
-tokenizer with the library's own thread pool, one BLS, two single-threaded full_model instances.
+most of them to single-threaded tokenizer instances (the costliest step per text until its ASCII
+fast path; not re-sized since), a quarter to BLS instances taking batches of up to 256 texts,
+and full_model gets four instances per GPU (on an H200 they served more single texts a second
+than two at each concurrency measured, and as many batches; docs/gpu_serving.md). full_model
+takes batches of up to 256 texts, since its time per execution grows far slower than its texts
+(on the H200: 3.7 ms for 32 texts, 14.6 ms for 254). On the CPU the stages keep the layout
+measured best on two cores (docs/benchmarks.md): one tokenizer with the library's own thread
+pool, one BLS, two single-threaded full_model instances.
 
 The counts are for the machine that serves; `moe export` sizes for the machine it runs on unless
 told `--host-cores`.

@@ -77,7 +77,7 @@ def eager_probs(eager, texts):
 
 
 def test_v1_v2_and_eager_agree_on_1000_test_texts(server, http, eager, data_dir):
-    # One batch with accented text: the tokenizer's ASCII twin must not take it.
+    # One batch with accented text: the tokenizer's ASCII fast path must not take it.
     texts = load_split(data_dir, "test").texts[:1000]
     texts[70:72] = ["Nestlé's profits rise in Zürich as café sales grow", "Ça va: Déjà vu for Köln fans"]
     grpc = grpcclient.InferenceServerClient(server.grpc_url)
