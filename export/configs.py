@@ -16,6 +16,9 @@ from .options import ExportOptions, bls_on_gpu, expert_calls
 # re-specialises the graph for each new input shape it sees, and with texts of every length that
 # meant requests stalling for half a second at random.
 LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_value: "false" } }'
+# A half-precision full_model runs attention without cuDNN's kernel, which builds a plan for every
+# new input shape (third_party/triton/README.md lists the backend change this needs).
+HALF_PRECISION_PARAMETERS = 'parameters { key: "DISABLE_CUDNN" value: { string_value: "true" } }'
 
 
 def placeholders(text: str) -> set[str]:
@@ -74,7 +77,8 @@ def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
             **queue,
             "max_batch_size": opts.full_model_max_batch,
             "n_classes": cfg.n_classes,
-            **libtorch,
+            "libtorch_parameters": LIBTORCH_PARAMETERS
+            + ("" if opts.full_model_dtype == "float32" else "\n" + HALF_PRECISION_PARAMETERS),
             **placement(opts, opts.full_model_instances, gpu=None),
         },
         "tokenizer": {

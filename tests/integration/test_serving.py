@@ -331,6 +331,8 @@ def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp
     check = json.loads((repository / "manifest.json").read_text())["precision_check"]
     assert check["texts"] == 256 and check["labels_unlike_float32"] == 0
     assert 0 <= check["max_prob_diff"] <= precision.TOLERANCE
+    config = (repository / "model_repository" / "full_model" / "config.pbtxt").read_text()
+    assert 'key: "DISABLE_CUDNN" value: { string_value: "true" }' in config
     full_model = torch.jit.load(str(repository / "model_repository" / "full_model" / "1" / "model.pt"))
     assert {p.dtype for p in full_model.parameters()} == {torch.float16}
     texts = load_split(str(data_dir), "test").texts[:64]

@@ -1587,6 +1587,11 @@ ModelInstanceState::Execute(
 
     // enable/disable cudnn
     at::globalContext().setUserEnabledCuDNN(model_state_->EnabledCudnn());
+    // Local change: DISABLE_CUDNN also turns off cuDNN's attention kernel, which the flag above
+    // does not reach. Process-wide once set: other models do not turn it back on.
+    if (!model_state_->EnabledCudnn()) {
+      at::globalContext().setSDPUseCuDNN(false);
+    }
 
     // JIT. No change is made unless parameter is explicitly set.
     if (std::get<0>(model_state_->EnabledJitProfiling())) {
