@@ -7,7 +7,9 @@ with today's bundled model from the same bench session and the original project'
         --bench NAME=build/bench-distill/NAME/bench.json ... --bundled-test 0.9074 \
         --plot docs/img/distill_frontier.png
 
-Prints the markdown table; NAME is a run of the summary, or "bundled".
+Prints the markdown table; NAME is a run of the summary, or "bundled". With several experiments,
+`--summary PREFIX=SUMMARY` each, and NAME is PREFIX/name; with several bench sessions, each
+`--bench SESSION:NAME=...`, its ratios taken against that session's bundled runs (the plot's axis).
 """
 
 from __future__ import annotations
@@ -28,60 +30,82 @@ def v2_throughput(bench: dict, concurrency: int = 64) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--summary", type=Path, required=True)
+    ap.add_argument("--summary", action="append", required=True, metavar="[PREFIX=]SUMMARY_JSON")
     ap.add_argument(
-        "--bench", action="append", default=[], metavar="NAME=BENCH_JSON", help="one per model and bench round"
+        "--bench",
+        action="append",
+        default=[],
+        metavar="[SESSION:]NAME=BENCH_JSON",
+        help="one per model and bench round; a SESSION's ratios are taken against its own bundled runs",
     )
     ap.add_argument("--bundled-test", type=float, required=True, help="the bundled model's test accuracy")
     ap.add_argument("--bundled-bytes", type=int, required=True)
     ap.add_argument("--plot", type=Path)
     args = ap.parse_args()
-    runs = {r["name"]: r for r in json.loads(args.summary.read_text())["runs"]}
-    # Round i of every model is the i-th --bench given for it; ratios are taken within a round.
-    throughputs: dict[str, list[float]] = {}
+    runs = {}
+    for item in args.summary:
+        prefix, _, path = item.rpartition("=")
+        for r in json.loads(Path(path).read_text())["runs"]:
+            runs[f"{prefix}/{r['name']}" if prefix else r["name"]] = r
+    # Round i of every model is the i-th --bench given for it in its session; ratios are taken
+    # within a round of a session.
+    throughputs: dict[tuple[str, str], list[float]] = {}
     for item in args.bench:
-        name, _, path = item.partition("=")
-        throughputs.setdefault(name, []).append(v2_throughput(json.loads(Path(path).read_text())))
-    bases = throughputs["bundled"]
-    base = sum(bases) / len(bases)
-    rows = [("bundled", args.bundled_test, bases, args.bundled_bytes, None)]
-    for name, values in throughputs.items():
-        if name != "bundled":
+        key, _, path = item.partition("=")
+        session, _, name = key.rpartition(":")
+        throughputs.setdefault((session, name), []).append(v2_throughput(json.loads(Path(path).read_text())))
+    rows = []  # (session, name, test, texts/s per round, ratio per round, bytes, val)
+    for (session, name), values in throughputs.items():
+        bases = throughputs[(session, "bundled")]
+        ratios = [v / b for v, b in zip(values, bases)]
+        if name == "bundled":
+            rows.append((session, name, args.bundled_test, values, ratios, args.bundled_bytes, None))
+        else:
             r = runs[name]
-            rows.append((name, r["test_accuracy"], values, r["weights_bytes"], r["best_val_accuracy"]))
-    print("| model | val % | test % | v2 texts/s at C=64, per round | vs bundled, per round | weights MB |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, test, values, size, val in rows:
+            rows.append((session, name, r["test_accuracy"], values, ratios, r["weights_bytes"], r["best_val_accuracy"]))
+    print("| bench session | model | val % | test % | v2 texts/s at C=64, per round | vs bundled, per round | MB |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for session, name, test, values, ratios, size, val in rows:
         val_s = f"{val * 100:.2f}" if val is not None else ""
         tput = " / ".join(f"{v:.0f}" for v in values)
-        ratio = " / ".join(f"{v / b:.2f}x" for v, b in zip(values, bases))
-        print(f"| {name} | {val_s} | {test * 100:.2f} | {tput} | {ratio} | {size / 1e6:.1f} |")
+        ratio = " / ".join(f"{x:.2f}x" for x in ratios)
+        print(f"| {session} | {name} | {val_s} | {test * 100:.2f} | {tput} | {ratio} | {size / 1e6:.1f} |")
     if args.plot:
-        import matplotlib
+        plot(rows, args.plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, test, values, size, _ in rows:
-            tput = sum(values) / len(values)
-            spread = [[tput - min(values)], [max(values) - tput]]
-            ax.errorbar(tput, test * 100, xerr=spread, color="lightgray", zorder=0)
-            ax.scatter(tput, test * 100, s=size / 1e6 * 6, color="tab:gray" if name == "bundled" else "tab:blue")
-            label = "agnews-moe-small, from scratch" if name == "bundled" else name
-            ax.annotate(f"{label} ({size / 1e6:.0f} MB)", (tput, test * 100), textcoords="offset points", xytext=(6, 4))
-        ax.axhline(ORIGINAL_CLAIM * 100, color="tab:red", ls="--", lw=1)
-        ax.text(ax.get_xlim()[0], ORIGINAL_CLAIM * 100 + 0.05, " original project's claim, 92.2 %", color="tab:red")
-        ax.axhline(93.5, color="tab:green", ls=":", lw=1)
-        ax.text(ax.get_xlim()[0], 93.55, " target 93.5 %", color="tab:green")
-        ax.axvline(0.67 * base, color="tab:orange", ls=":", lw=1)
-        ax.text(0.67 * base, ax.get_ylim()[0] + 0.1, " 0.67x agnews-moe-small", color="tab:orange")
-        ax.set_xlabel("v2 texts/s at concurrency 64 (moe bench, 2-core CPU; mean and range of the rounds)")
-        ax.set_ylabel("test accuracy % (7,600 texts)")
-        ax.set_title("AG News: accuracy against serving cost (marker area ~ weights)")
-        fig.tight_layout()
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
+def plot(rows: list, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    prefixes = sorted({name.rpartition("/")[0] for _, name, *_ in rows if name != "bundled"})
+    fig, ax = plt.subplots(figsize=(8.5, 5))
+    drawn_bundled = False
+    for _, name, test, _, ratios, size, _ in rows:
+        if name == "bundled":
+            if drawn_bundled:
+                continue  # 1.0x by definition in every session
+            drawn_bundled = True
+        x = sum(ratios) / len(ratios)
+        ax.errorbar(x, test * 100, xerr=[[x - min(ratios)], [max(ratios) - x]], color="lightgray", zorder=0)
+        color = "tab:gray" if name == "bundled" else f"C{prefixes.index(name.rpartition('/')[0])}"
+        ax.scatter(x, test * 100, s=size / 1e6 * 6, color=color)
+        label = "agnews-moe-small, from scratch" if name == "bundled" else name
+        ax.annotate(f"{label} ({size / 1e6:.0f} MB)", (x, test * 100), textcoords="offset points", xytext=(6, 4))
+    ax.axhline(ORIGINAL_CLAIM * 100, color="tab:red", ls="--", lw=1)
+    ax.text(ax.get_xlim()[0], ORIGINAL_CLAIM * 100 + 0.05, " original project's claim, 92.2 %", color="tab:red")
+    ax.axhline(93.5, color="tab:green", ls=":", lw=1)
+    ax.text(ax.get_xlim()[0], 93.55, " target 93.5 %", color="tab:green")
+    ax.axvline(0.67, color="tab:orange", ls=":", lw=1)
+    ax.text(0.67, ax.get_ylim()[0] + 0.1, " 0.67x: cost target", color="tab:orange")
+    ax.set_xlabel("v2 texts/s at concurrency 64 / agnews-moe-small's in the same bench round (2-core CPU)")
+    ax.set_ylabel("test accuracy % (7,600 texts)")
+    ax.set_title("AG News: accuracy against serving cost (marker area ~ weights)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
 
 
 if __name__ == "__main__":
