@@ -10,6 +10,8 @@ from pathlib import Path
 from .host_sizing import host_cores, size_host_stages
 
 DEFAULT_OUT = Path("build")
+# What --full-model-dtype takes (export/precision.py checks a half one before it is written).
+FULL_MODEL_DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass

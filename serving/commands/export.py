@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from export.options import DEFAULT_OUT, ExportOptions
+from export.options import DEFAULT_OUT, FULL_MODEL_DTYPES, ExportOptions
 
 from .common import field_option, friendly_errors
 
@@ -31,7 +31,7 @@ from .common import field_option, friendly_errors
 @field_option(
     ExportOptions,
     "full_model_dtype",
-    type=click.Choice(["float32", "float16", "bfloat16"]),
+    type=click.Choice(FULL_MODEL_DTYPES),
     help="v2's model in half precision, if every test label stays float32's and probabilities within "
     "0.1 (checked at export; v2 then matches v1 on labels, not to the last digit)",
 )
