@@ -97,7 +97,8 @@ class AsciiWordPiece:
         self.normalize = normalize
         self.before, self.after = before, after
         truncation = tokenizer.truncation
-        self.max_words = None if truncation is None else truncation["max_length"] - len(before) - len(after)
+        # Truncation counts the special tokens in: this many of the text's own are kept.
+        self.max_text_tokens = None if truncation is None else truncation["max_length"] - len(before) - len(after)
         padding = tokenizer.padding
         self.pad_id = padding["pad_id"]
         self.multiple = padding["pad_to_multiple_of"] or 1
@@ -117,6 +118,7 @@ class AsciiWordPiece:
             or spec["model"]["type"] != "WordPiece"
             or (spec.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer"
             or (truncation and (truncation["direction"] != "Right" or truncation["strategy"] == "OnlySecond"))
+            or (truncation and truncation["max_length"] < len(template[0]) + len(template[1]))
             or not padding
             or padding["direction"] != "Right"
             or padding["strategy"] != "BatchLongest"
@@ -138,8 +140,8 @@ class AsciiWordPiece:
         if self.added is not None and self.added.search(normalized):
             return None
         ids = list(chain.from_iterable(map(self.cache.__getitem__, WORDS.findall(normalized))))
-        if self.max_words is not None:
-            del ids[self.max_words :]
+        if self.max_text_tokens is not None:
+            del ids[self.max_text_tokens :]
         return self.before + ids + self.after
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
