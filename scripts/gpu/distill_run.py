@@ -35,7 +35,6 @@ import json
 import lzma
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -45,6 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_runs import metrics_and_test, test_on, wait_all  # noqa: E402
 
 TEACHER = dict(upcycle="copy", n_experts=8, top_k=2, lr=5e-5, epochs=3, batch_size=32, ema_decay=0.999)
 # Students: (layers kept, experts per layer; each expert one slice of the FFN's 1,536 units).
@@ -99,22 +100,6 @@ def configs(name: str, args):
     return cfg, tc, spec
 
 
-def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
-    import torch
-
-    from moe.checkpoint import TOKENIZER, load_checkpoint
-    from moe.data import load_split
-    from moe.evaluate import evaluate
-    from moe.tokenizer import load_fast_tokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, path = load_checkpoint(checkpoint)
-    split = load_split(data, "test").head(rows)
-    result = evaluate(model.to(device), load_fast_tokenizer(path / TOKENIZER), split, model.cfg, 256, device)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
 def worker(name: str, args) -> None:
     import torch
 
@@ -150,27 +135,13 @@ def launch(names: list[str], args, deadline: float) -> dict[str, str]:
         command += [f"--{o.replace('_', '-')}={getattr(args, o)}" for o in SCHEDULE if getattr(args, o) is not None]
         with open(args.work / f"{name}.log", "w") as out:
             procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-    status = {}
-    for name, proc in procs.items():
-        try:
-            rc = proc.wait(timeout=max(1.0, deadline - time.time()))
-            status[name] = "finished" if rc == 0 else f"failed (exit {rc})"
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
-            status[name] = "stopped at the time limit"
-        log(f"{name}: {status[name]}")
-    return status
+    return wait_all(procs, deadline, log)
 
 
 def record(name: str, status: str, args) -> dict:
     folder = args.work / name
-    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
-    test_file = args.work / f"{name}.test.json"
-    if metrics.get("best_epoch") and not test_file.is_file():
-        # Stopped before its test: its best epoch so far is on disk, tested once here.
-        test_on(folder, args.work / "ag_news", test_file, DRY_RUN["test_rows"] if args.dry_run else None)
-    test = json.loads(test_file.read_text()) if test_file.is_file() else {}
+    rows = DRY_RUN["test_rows"] if args.dry_run else None
+    metrics, test = metrics_and_test(folder, args.work / "ag_news", args.work / f"{name}.test.json", rows)
     weights = folder / "model.safetensors"
     return dict(
         name=name,

@@ -30,7 +30,6 @@ import json
 import lzma
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -39,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gpu_runs import metrics_and_test, test_on, wait_all  # noqa: E402
 
 # name -> upcycling method, training settings (peak learning rate; epochs and weight EMA where
 # they differ from the fine-tuning default) and model settings over the small preset's routing
@@ -111,32 +113,6 @@ def cli_command(name: str, args) -> str:
         f" --{o.replace('_', '-')} {getattr(args, o)}" for o in ("epochs", "batch_size") if getattr(args, o) is not None
     )
     return f"moe train --init MINILM --upcycle {spec['upcycle']} --lr {spec['lr']:g}{options} --out {name}"
-
-
-def test_on(checkpoint: Path, data: Path, out: Path, rows: int | None) -> dict:
-    """Test-set accuracy and expert load of a saved checkpoint (fp32), written to `out`."""
-    import torch
-
-    from moe.checkpoint import TOKENIZER, load_checkpoint
-    from moe.data import load_split
-    from moe.evaluate import evaluate
-    from moe.tokenizer import load_fast_tokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, path = load_checkpoint(checkpoint)
-    started = time.time()
-    result = evaluate(
-        model.to(device),
-        load_fast_tokenizer(path / TOKENIZER),
-        load_split(data, "test").head(rows),
-        model.cfg,
-        256,
-        device,
-    )
-    result["device"] = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    result["seconds"] = time.time() - started
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    return result
 
 
 def worker(name: str, args) -> None:
@@ -215,27 +191,13 @@ def launch(names: list[str], args) -> dict[str, str]:
         procs[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         log.close()
     deadline = time.time() + args.time_limit
-    status = {}
-    for name, proc in procs.items():
-        try:
-            rc = proc.wait(timeout=max(1.0, deadline - time.time()))
-            status[name] = "finished" if rc == 0 else f"failed (exit {rc})"
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
-            status[name] = f"stopped at the {args.time_limit:.0f} s time limit"
-        print(f"{name}: {status[name]}", flush=True)
-    return status
+    return wait_all(procs, deadline, lambda line: print(line, flush=True))
 
 
 def summarize(name: str, status: str, args) -> dict:
     folder = args.work / name
-    metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").is_file() else {}
-    test_file = args.work / f"{name}.test.json"
-    if metrics.get("best_epoch") and not test_file.is_file():
-        # A run that did not finish: its best epoch so far is on disk.
-        test_on(folder, args.work / "ag_news", test_file, DRY_RUN["test_rows"] if args.dry_run else None)
-    test = json.loads(test_file.read_text()) if test_file.is_file() else {}
+    rows = DRY_RUN["test_rows"] if args.dry_run else None
+    metrics, test = metrics_and_test(folder, args.work / "ag_news", args.work / f"{name}.test.json", rows)
     weights = folder / "model.safetensors"
     return dict(
         name=name,
