@@ -20,7 +20,7 @@ import torch
 
 from moe.data import DEFAULT_DATA, load_split
 from moe.errors import MoEError
-from moe.tokenizer import encode
+from moe.evaluate import predict
 
 from .options import FULL_MODEL_DTYPES
 
@@ -37,13 +37,8 @@ def half_model(model: torch.nn.Module, dtype: str) -> torch.nn.Module:
     return model if dtype == "float32" else copy.deepcopy(model).to(DTYPES[dtype]).eval()
 
 
-def probabilities(model, tokenizer, texts: list[str], device: str, batch: int = 256) -> torch.Tensor:
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch):
-            ids, mask = encode(tokenizer, texts[start : start + batch], model.cfg.max_len)
-            out.append(torch.softmax(model(ids.to(device), mask.to(device)).float(), -1).cpu())
-    return torch.cat(out)
+def probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tensor:
+    return torch.cat([p for p, _ in predict(model, tokenizer, texts, model.cfg, 256, device)])
 
 
 def check_precision(

@@ -8,8 +8,7 @@
 #          WORKFLOWS=v2 scripts/gpu/serve_bench.sh tok8 $OUT/results --tokenizer-instances 8
 # Environment: WORKFLOWS (v2,v1), CONCURRENCY (1,64,256), BATCH_SIZES (1,32), SECONDS_PER_LEVEL (5),
 # CHECK (1: check answers first), CHECK_TOLERANCE (1e-4: probabilities against eager; a
-# half-precision v2 is exported within 0.1), FULL_MODEL_PARAMETERS (lines added to full_model's
-# config.pbtxt after the export, e.g. a libtorch-backend parameter under trial).
+# half-precision v2 is exported within 0.1).
 set -uo pipefail
 NAME=$1 RESULTS=$2
 shift 2
@@ -18,7 +17,6 @@ repo="$MOE_GPU_HOME/build-$NAME"
 echo "=== $NAME: export $* ($(date +%T))"
 python3 -m serving.cli export --device cuda --out "$repo" "$@" > "$RESULTS/export-$NAME.log" 2>&1 \
   || { echo "export failed"; tail -5 "$RESULTS/export-$NAME.log"; exit 1; }
-[ -n "${FULL_MODEL_PARAMETERS:-}" ] && echo "$FULL_MODEL_PARAMETERS" >> "$repo/model_repository/full_model/config.pbtxt"
 grep -h "count:\|max_batch_size\|threads" "$repo"/model_repository/{tokenizer,full_model,postprocessing,moe_bls}/config.pbtxt \
   | grep -v "^#" > "$RESULTS/sizing-$NAME.txt"
 if [ "${CHECK:-1}" = 1 ]; then

@@ -8,7 +8,6 @@
 # tokenizer profile"):
 #   default    the default export served, its answers checked and benched (serve_bench.sh)
 #   fp16       v2 with full_model in float16 (--full-model-dtype float16), the same way
-#   fp16-nocudnn  the same with the libtorch backend's DISABLE_CUDNN on full_model
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
@@ -34,9 +33,6 @@ for step in ${STEPS:-default tokenizer profile}; do
     fp16)
       WORKFLOWS=v2 CHECK_TOLERANCE=0.1 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh fp16 "$R" --full-model-dtype float16 ;;
-    fp16-nocudnn)
-      WORKFLOWS=v2 CHECK_TOLERANCE=0.1 FULL_MODEL_PARAMETERS='parameters { key: "DISABLE_CUDNN" value: { string_value: "true" } }' \
-        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh fp16-nocudnn "$R" --full-model-dtype float16 ;;
     shapes) timeout 120 python3 scripts/gpu/half_shapes.py --out "$R/half_shapes.json" ;;
     bls64)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
