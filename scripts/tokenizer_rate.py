@@ -57,6 +57,7 @@ def served_module(name: str):
 
 
 def main() -> None:
+    from export.host_sizing import host_cores
     from moe.checkpoint import TOKENIZER, resolve
     from moe.data import DEFAULT_DATA, load_split
 
@@ -69,7 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     texts = load_split(str(DEFAULT_DATA), "test").texts
     path = str(resolve(None) / TOKENIZER)
-    result = dict(cores=len(os.sched_getaffinity(0)), batch=args.batch, ascii_fast_path=not args.original, runs=[])
+    result = dict(cores=host_cores(), batch=args.batch, ascii_fast_path=not args.original, runs=[])
     for p in [int(x) for x in args.processes.split(",")]:
         with mp.get_context("spawn").Pool(p) as pool:
             parts = pool.map(worker, [(path, texts, args.batch, args.seconds, not args.original)] * p)
