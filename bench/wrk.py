@@ -22,7 +22,6 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from export.host_sizing import host_cores
 from moe.errors import MoEError
 
 # Answers within this share of the health endpoint's rate were bounded by the load generator
@@ -133,7 +132,8 @@ def request_body(request_id: int, texts: list[str]) -> str:
 def default_threads(connections: int) -> int:
     """A wrk thread per four cores (wrk shares the machine with the server), at most one per
     connection."""
-    return max(1, min(connections, host_cores() // 4))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(connections, cores // 4))
 
 
 def parse(stdout: str) -> dict:
