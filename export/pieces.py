@@ -1,5 +1,9 @@
 """TorchScript entry points for each Triton model, wrapping the very modules the eager model uses.
 
+v1's pieces hand each other padded batches, [B, T, D] with the [B, T] mask; the modules inside
+compute on the real tokens alone, as the eager model does (moe/model.py), so each piece takes its
+real tokens out and lays its answer out padded again, zeros at padding.
+
 Inputs and outputs follow NVIDIA's pytorch_libtorch convention: forward's arguments are
 INPUT__0, INPUT__1, ... and its returned tuple is OUTPUT__0, OUTPUT__1, ... in that order. A piece
 that is per layer holds that piece of every layer and takes the layer as an INT64 [1] tensor.
@@ -11,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from moe.model import MoEClassifier
-from moe.routing import real_token_index, real_tokens
+from moe.routing import add_to_real_tokens, pad_real_tokens, real_token_index, real_tokens
 
 
 def _layer(layer: Tensor, n_layers: int) -> int:
@@ -27,7 +31,7 @@ class EmbeddingPiece(nn.Module):
         self.embedding = model.embedding
 
     def forward(self, ids: Tensor) -> Tensor:
-        return self.embedding(ids)
+        return self.embedding(ids, torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
 
 
 class AttentionPiece(nn.Module):
@@ -38,11 +42,14 @@ class AttentionPiece(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, layer: Tensor) -> Tuple[Tensor, Tensor]:
         index = _layer(layer, self.n_layers)
-        result = (x, x)
+        B, T = mask.shape
+        real = real_token_index(mask)
+        x_real = real_tokens(x, real)
+        result = (x_real, x_real)
         for i, attention in enumerate(self.layers):
             if i == index:
-                result = attention(x, mask)
-        return result
+                result = attention(x_real, mask, real)
+        return pad_real_tokens(result[0], real, B, T), pad_real_tokens(result[1], real, B, T)
 
 
 class GatingPiece(nn.Module):
@@ -87,7 +94,8 @@ class ClassifierPiece(nn.Module):
         self.classifier = model.classifier
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        return self.classifier(x, mask)
+        real = real_token_index(mask)
+        return self.classifier(real_tokens(x, real), mask, real)
 
 
 class Postprocessing(nn.Module):
@@ -192,18 +200,19 @@ def sample_inputs(model: MoEClassifier, ids: Tensor, mask: Tensor) -> dict:
     }
     for e in range(cfg.n_experts):
         samples[f"expert_{e}"] = []
+    attention = AttentionPiece(model)
     with torch.no_grad():
-        x = model.embedding(ids)
+        x = EmbeddingPiece(model)(ids)
         real = real_token_index(mask)
         for l, block in enumerate(model.blocks):
             layer = torch.tensor([l], dtype=torch.int64)
             samples["attention"].append((x, mask, layer))
-            _, h = block.attention(x, mask)
+            x, h = attention(x, mask, layer)
             h_real = real_tokens(h, real)
             samples["gating"].append((h, mask, layer))
             for e in range(cfg.n_experts):
                 samples[f"expert_{e}"].append((h_real[e :: cfg.n_experts], layer))
-            x, _, _ = block(x, mask, real)
+            x = add_to_real_tokens(x, real, block.moe(h_real)[0])
         samples["classifier"].append((x, mask))
-        samples["postprocessing"] = [(model.classifier(x, mask),)]
+        samples["postprocessing"] = [(ClassifierPiece(model)(x, mask),)]
     return samples

@@ -62,6 +62,13 @@ def real_tokens(h: Tensor, real_index: Tensor) -> Tensor:
     return h.reshape(-1, h.shape[-1]).index_select(0, real_index)
 
 
+def pad_real_tokens(x: Tensor, real_index: Tensor, B: int, T: int) -> Tensor:
+    """The real tokens x [N, D] laid out as a [B, T, D] batch, zeros at padding: the inverse of
+    real_tokens."""
+    padded = torch.zeros(B * T, x.shape[1], dtype=x.dtype, device=x.device)
+    return padded.index_copy(0, real_index, x).view(B, T, x.shape[1])
+
+
 def balance_loss(router_logits: Tensor, expert_ids: Tensor, n_experts: int) -> Tensor:
     """Switch-Transformer load-balancing loss E * sum_i f_i * P_i over real tokens.
 

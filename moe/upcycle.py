@@ -54,7 +54,6 @@ from .checkpoint import CONFIG, TOKENIZER, WEIGHTS
 from .config import MoEConfig
 from .errors import MoEError
 from .model import MoEClassifier
-from .routing import real_token_index, real_tokens
 from .tokenizer import PAD, configure
 
 METHODS = ("copy", "slice")
@@ -253,11 +252,10 @@ def centre_routers(model: MoEClassifier, tokenizer: Tokenizer, texts: list[str])
     encodings = tokenizer.encode_batch(texts[:CENTRING_TEXTS])
     ids = torch.tensor([e.ids for e in encodings])
     mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.bool)
-    real = real_token_index(mask)
-    x = model.embedding(ids)
+    x, real = model.embed(ids, mask)
     for block in model.blocks:
-        _, h = block.attention(x, mask)
-        mean = real_tokens(h, real).mean(0)
+        _, h = block.attention(x, mask, real)
+        mean = h.mean(0)
         direction = mean / mean.norm()
         weight = block.moe.router.proj.weight
         weight.sub_(torch.outer(weight @ direction, direction))

@@ -97,6 +97,9 @@ class ServerOptions:
     # MB per GPU of the pool the Python backend passes GPU tensors through (None: sized from the
     # export, cuda_memory_pool_mb).
     cuda_memory_pool_mb: int | None = None
+    # Threads of Triton's HTTP front end, which parse each request's JSON and write its answer
+    # (None: Triton's default, 8).
+    http_threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
     # Seconds start() waits for every model to be ready.
@@ -179,6 +182,7 @@ class TritonServer:
             "--disable-auto-complete-config",  # serve the configs exactly as exported
             f"--log-verbose={o.log_verbose}",
             *self.cuda_pool_args(),
+            *([f"--http-thread-count={o.http_threads}"] if o.http_threads else []),
         ]
         return cmd + list(o.extra_args)
 

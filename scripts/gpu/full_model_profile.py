@@ -4,6 +4,9 @@ called as a libtorch-backend instance calls it (ragged ids and mask copied to th
 copied back, each thread on a stream of its own), in fp32 as exported and in the variants that
 change only precision (TF32 matmuls, bf16 or fp16 weights).
 
+A variant's name may end in `-groupsN`: FullModel's length groups, the texts run sorted by
+length in groups of N, each padded only to its own longest text (what a CPU export serves).
+
 For each variant: every label of the 7,600 test texts and the largest probability difference
 against the fp32 eager model on the same GPU; milliseconds per call and texts/s with 1 and N
 threads for each batch size; and from torch.profiler, per call, the CUDA kernels launched, their
@@ -11,6 +14,7 @@ summed GPU time and the call's wall time (a call much longer than its kernels wa
 launches, the interpreter, synchronisations).
 
     python3 scripts/gpu/full_model_profile.py --out profile.json [--batches 64,256] [--threads 1,4]
+    python3 scripts/gpu/full_model_profile.py --device cpu --variants fp32,fp32-groups16 --threads 1 ...
 """
 
 from __future__ import annotations
@@ -41,7 +45,12 @@ VARIANTS = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
     "fp32-dense": torch.float32,
+    "fp32-groups64": torch.float32,
 }
+
+
+def length_group(name: str) -> int:
+    return int(name.rsplit("-groups", 1)[1]) if "-groups" in name else 0
 
 
 class DenseExperts(nn.Module):
@@ -67,7 +76,7 @@ class DenseExperts(nn.Module):
 
 
 def variant_model(model, name: str):
-    model = copy.deepcopy(model).to(VARIANTS[name]).eval()
+    model = copy.deepcopy(model).to(VARIANTS.get(name, VARIANTS.get(name.split("-groups")[0]))).eval()
     if name.endswith("-dense"):
         for block in model.blocks:
             block.moe = DenseExperts(block.moe)
@@ -165,6 +174,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, help="the first N test texts only")
     args = ap.parse_args()
     device = args.device
+    if device == "cpu":
+        torch.set_num_threads(1)  # as a CPU export serves: one intra-op thread per instance
     model, path = load_checkpoint(None)
     model.eval()
     tokenizer = load_fast_tokenizer(path / TOKENIZER)
@@ -186,7 +197,7 @@ def main() -> None:
     )
     for name in args.variants.split(","):
         set_tf32(name == "fp32+tf32")
-        module = torch.jit.script(FullModel(variant_model(model, name))).to(device)
+        module = torch.jit.script(FullModel(variant_model(model, name), length_group(name))).to(device)
         entry = dict(agreement=agreement(module, reference, full, device), speed=[])
         for size in map(int, args.batches.split(",")):
             data = batches(tokenizer, texts[: 32 * size], size, cfg.max_len)

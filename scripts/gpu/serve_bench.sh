@@ -8,18 +8,23 @@
 #          WORKFLOWS=v2 scripts/gpu/serve_bench.sh tok8 $OUT/results --tokenizer-instances 8
 # Environment: WORKFLOWS (v2,v1), CONCURRENCY (1,64,256), BATCH_SIZES (1,32), SECONDS_PER_LEVEL (5),
 # CHECK (1: check answers first), CHECK_TOLERANCE (1e-4: probabilities against eager; a
-# half-precision v2 is exported within 0.1).
+# half-precision v2 is exported within 0.1), FROM (serve an earlier step's export, named, instead
+# of exporting), BENCH_OPTIONS (more options of moe bench, e.g. "--http-threads 32").
 set -uo pipefail
 NAME=$1 RESULTS=$2
 shift 2
 mkdir -p "$RESULTS"
-repo="$MOE_GPU_HOME/build-$NAME"
-echo "=== $NAME: export $* ($(date +%T))"
-python3 -m serving.cli export --device cuda --out "$repo" "$@" > "$RESULTS/export-$NAME.log" 2>&1 \
-  || { echo "export failed"; tail -5 "$RESULTS/export-$NAME.log"; exit 1; }
+repo="$MOE_GPU_HOME/build-${FROM:-$NAME}"
+if [ -z "${FROM:-}" ]; then
+  echo "=== $NAME: export $* ($(date +%T))"
+  python3 -m serving.cli export --device cuda --out "$repo" "$@" > "$RESULTS/export-$NAME.log" 2>&1 \
+    || { echo "export failed"; tail -5 "$RESULTS/export-$NAME.log"; exit 1; }
+else
+  echo "=== $NAME: $FROM's export, bench ${BENCH_OPTIONS:-} ($(date +%T))"
+fi
 grep -h "count:\|max_batch_size\|threads" "$repo"/model_repository/{tokenizer,full_model,postprocessing,moe_bls}/config.pbtxt \
   | grep -v "^#" > "$RESULTS/sizing-$NAME.txt"
-if [ "${CHECK:-1}" = 1 ]; then
+if [ "${CHECK:-1}" = 1 ] && [ -z "${FROM:-}" ]; then
   python3 -m serving.cli serve --repository "$repo" --http-port 18000 --grpc-port 18001 --metrics-port 18002 \
     > "$RESULTS/serve-$NAME.log" 2>&1 &
   pid=$!
@@ -36,7 +41,7 @@ topp=$!
 timeout 400 python3 -m serving.cli bench --repository "$repo" --device cuda --load-client wrk \
   --workflows "${WORKFLOWS:-v2,v1}" --batch-size "${BATCH_SIZES:-1,32}" --concurrency "${CONCURRENCY:-1,64,256}" \
   --level-seconds "${SECONDS_PER_LEVEL:-5}" --targets gpu --no-plots --out "$RESULTS/bench-$NAME" \
-  --server-log "$RESULTS/tritonserver-$NAME.log" > "$RESULTS/bench-$NAME.log" 2>&1
+  --server-log "$RESULTS/tritonserver-$NAME.log" ${BENCH_OPTIONS:-} > "$RESULTS/bench-$NAME.log" 2>&1
 echo "bench exit $?"
 kill $dmon $topp 2>/dev/null
 grep "^| " "$RESULTS/bench-$NAME.log" | head -30

@@ -10,8 +10,11 @@
 #   fp16       v2 with full_model in float16 (--full-model-dtype float16), the same way
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
+#   bls5       v1 with 5 BLS instances, batches of 32 at concurrency 64 and 256
+#   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
-#   profile    full_model in process: precision variants, threads, kernels, with what is left
+#   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
+#              kernels, with what is left
 # Everything lands in OUT/results.tar.xz (one file: the device returns at most eight).
 set -uo pipefail
 OUT_DIR=$1 COMMIT=$2 BUDGET=${3:-560}
@@ -37,9 +40,16 @@ for step in ${STEPS:-default tokenizer profile}; do
     bls64)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh bls64 "$R" --bls-max-batch 64 ;;
+    bls5)
+      WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh bls5 "$R" --bls-instances 5 ;;
+    http32)
+      FROM=default WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=64,256,512 BENCH_OPTIONS="--http-threads 32" \
+        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http32 "$R" ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
+        ${PROFILE_VARIANTS:+--variants $PROFILE_VARIANTS} \
         > "$R/profile.log" 2>&1
       grep -h '^{' "$R/profile.log" | cut -c1-300 ;;
     *) echo "unknown step $step" ;;

@@ -12,8 +12,7 @@ export MOE_GPU_HOME=${MOE_GPU_HOME:-/tmp/moe-gpu}
 MACHINE_SITE=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 python3 -m venv --without-pip "$MOE_GPU_HOME/env"
 ENV_SITE=$("$MOE_GPU_HOME/env/bin/python3" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-tar -C "$ENV_SITE" -xJf "$CARRY/numpy1.tar.xz"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$ENV_SITE" "$CARRY"/wheels/*.whl
+tar -C "$ENV_SITE" -xJf "$CARRY/site.tar.xz"
 echo "$MACHINE_SITE" > "$ENV_SITE/zz-machine-packages.pth"
 mkdir -p "$MOE_GPU_HOME/server" "$MOE_GPU_HOME/data/ag_news"
 tar -C "$MOE_GPU_HOME/server" -xJf "$CARRY/server.tar.xz"

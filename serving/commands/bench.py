@@ -27,7 +27,9 @@ def running_endpoint(url: str, protocol: str, metrics_url: str | None) -> Endpoi
 
 
 @contextlib.contextmanager
-def started_endpoint(opts: BenchOptions, repository: Path | None, torch_threads: int, server_log: Path | None):
+def started_endpoint(
+    opts: BenchOptions, repository: Path | None, torch_threads: int, http_threads: int | None, server_log: Path | None
+):
     """A server this command starts (exporting the checkpoint first if no repository is given),
     as an Endpoint with its cold start and memory."""
     from export.repository import ExportOptions, export_repository, read_manifest
@@ -37,7 +39,9 @@ def started_endpoint(opts: BenchOptions, repository: Path | None, torch_threads:
         click.echo(f"exporting {opts.checkpoint or 'the bundled checkpoint'} to {repository}")
         export_repository(opts.checkpoint, repository, ExportOptions(), progress=False, log=lambda *_: None)
     started = time.monotonic()
-    with local_server(repository, torch_threads=torch_threads, ready_timeout_s=300, keep_log=server_log) as server:
+    with local_server(
+        repository, torch_threads=torch_threads, http_threads=http_threads, ready_timeout_s=300, keep_log=server_log
+    ) as server:
         cold = time.monotonic() - started
         click.echo(f"all models ready {cold:.1f}s after launch")
         yield Endpoint(
@@ -50,6 +54,7 @@ def started_endpoint(opts: BenchOptions, repository: Path | None, torch_threads:
             facts=dict(
                 repository=str(repository),
                 torch_threads=torch_threads,
+                http_threads=http_threads,
                 export=(read_manifest(repository) or {}).get("options"),
             ),
         )
@@ -99,11 +104,14 @@ def started_endpoint(opts: BenchOptions, repository: Path | None, torch_threads:
 )
 @click.option("--metrics-url", help="with --url: Prometheus endpoint (default http://HOST:8002/metrics)")
 @field_option(ServerOptions, "torch_threads", help="the server's TorchScript threads")
+@field_option(
+    ServerOptions, "http_threads", type=click.IntRange(min=1), help="the server's HTTP threads (default: Triton's, 8)"
+)
 @field_option(BenchOptions, "targets", type=click.Choice(["cpu", "gpu"]), help="which targets the report checks")
 @click.option("--server-log", type=click.Path(path_type=Path), help="keep the log of the server the bench starts here")
 @click.option("--no-plots", is_flag=True)
 @friendly_errors
-def bench(url, out, repository, metrics_url, torch_threads, server_log, no_plots, **options):
+def bench(url, out, repository, metrics_url, torch_threads, http_threads, server_log, no_plots, **options):
     """Served throughput and latency of v1 and v2 against the in-process eager model."""
     from bench.served import run_bench
 
@@ -113,7 +121,7 @@ def bench(url, out, repository, metrics_url, torch_threads, server_log, no_plots
     if url is not None:
         endpoint = contextlib.nullcontext(running_endpoint(url, opts.protocol, metrics_url))
     else:
-        endpoint = started_endpoint(opts, repository, torch_threads, server_log)
+        endpoint = started_endpoint(opts, repository, torch_threads, http_threads, server_log)
     with endpoint as where:
         result = run_bench(opts, where, log=click.echo, command=command)
     out = Path(opts.out)

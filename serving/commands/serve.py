@@ -114,6 +114,12 @@ def wait_for_signal(server: TritonServer) -> None:
     help="MB per GPU of the pool Python models pass GPU tensors through (default: sized for v1's BLS "
     "from the export; Triton's 64 for a CPU export)",
 )
+@field_option(
+    ServerOptions,
+    "http_threads",
+    type=click.IntRange(min=1),
+    help="threads of Triton's HTTP front end (default: Triton's, 8)",
+)
 @click.option(
     "--classify",
     "sample_text",

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from moe.checkpoint import load_checkpoint, save_checkpoint
 from moe.config import MoEConfig, preset
@@ -59,6 +60,35 @@ def test_dispatch_skips_padding_tokens():
         assert layer_ids.shape == (int(mask.sum()), CFG.top_k)
 
 
+@both_blocks
+def test_only_attention_lays_out_padding(cfg):
+    """Every step but attention's mixing computes on the real tokens alone: each embedding,
+    Linear and LayerNorm outside the experts (which see their own tokens) and the head (which
+    sees texts) gets N rows, N the batch's real tokens, not B * T."""
+    model = make_model(cfg=cfg)
+    ids, mask = random_batch(cfg=cfg)
+    assert int(mask.sum()) < mask.numel()
+    rows = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            rows[name] = inputs[0].shape[0]
+
+        return hook
+
+    hooks = [
+        m.register_forward_hook(record(name))
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.LayerNorm, nn.Embedding))
+        and ".experts." not in name
+        and name != "classifier.head"
+    ]
+    model(ids, mask)
+    for hook in hooks:
+        hook.remove()
+    assert rows and set(rows.values()) == {int(mask.sum())}, rows
+
+
 def test_balance_loss_formula_on_hand_made_routing():
     E = 4
     logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.5]])
@@ -98,11 +128,14 @@ def test_logits_do_not_change_when_padding_is_added(cfg):
 def test_forward_equals_composition_of_pieces(cfg):
     model = make_model(cfg=cfg)
     ids, mask = random_batch(cfg=cfg)
-    x = model.embedding(ids)
     real = real_token_index(mask)
+    T = ids.shape[1]
+    x = model.embedding(ids, torch.arange(T).expand_as(ids))
     for block in model.blocks:
-        x, h = block.attention(x, mask)
-        h_real = h.reshape(-1, cfg.d_model)[real]
+        # Every step on the padded batch, attention alone seeing its real tokens.
+        x_real, h = block.attention(x.reshape(-1, cfg.d_model)[real], mask, real)
+        x = torch.zeros_like(x).reshape(-1, cfg.d_model).index_copy(0, real, x_real).view_as(x)
+        h_real = h
         expert_ids, weights, _ = block.moe.router(h_real)
         update = torch.zeros_like(h_real)
         for e, expert in enumerate(block.moe.experts):
@@ -111,7 +144,8 @@ def test_forward_equals_composition_of_pieces(cfg):
                 if chosen.any():
                     update[chosen] += weights[chosen, slot, None] * expert(h_real[chosen])
         x = add_to_real_tokens(x, real, update)
-    logits = model.classifier(x, mask)
+    m = mask.unsqueeze(-1).float()
+    logits = model.classifier.head((model.classifier.norm(x) * m).sum(1) / m.sum(1))
     torch.testing.assert_close(model(ids, mask), logits, atol=1e-5, rtol=0)
 
 

@@ -1,5 +1,7 @@
 """What needs no server: expert ranges, client options, how the client names server errors."""
 
+import dataclasses
+
 import pytest
 from tritonclient.utils import InferenceServerException
 
@@ -85,3 +87,16 @@ def test_the_cuda_pool_is_sized_for_the_bls_of_a_gpu_export(tmp_path):
     assert pool_args("cuda", cuda_memory_pool_mb=100) == [
         f"--cuda-memory-pool-byte-size={g}:{100 * 2**20}" for g in (0, 1)
     ]
+
+
+def test_http_threads_reach_tritonserver_only_when_asked(tmp_path):
+    from serving.server import ServerOptions, TritonServer
+
+    (tmp_path / "model_repository").mkdir()
+
+    def command(**options) -> list[str]:
+        opts = ServerOptions(repository=tmp_path, tritonserver=tmp_path / "tritonserver", backend_directory=tmp_path)
+        return TritonServer(dataclasses.replace(opts, **options)).command()
+
+    assert "--http-thread-count=16" in command(http_threads=16)
+    assert not [arg for arg in command() if arg.startswith("--http-thread-count")]

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from moe.checkpoint import load_checkpoint, save_checkpoint
 from moe.config import MoEConfig, preset
 from moe.errors import MoEError
-from moe.routing import real_token_index
+from moe.routing import pad_real_tokens
 from moe.tokenizer import encode, load_fast_tokenizer
 from moe.upcycle import read_pretrained, start_from_pretrained, trim_vocabulary
 
@@ -116,10 +116,10 @@ def moe_hidden_states(model, tokenizer, texts):
     """Our encoder's output before pooling: the blocks, then the classifier's opening norm."""
     ids, mask = encode(load_fast_tokenizer(tokenizer), texts, model.cfg.max_len)
     with torch.no_grad():
-        x, real = model.embedding(ids), real_token_index(mask)
+        x, real = model.embed(ids, mask)
         for block in model.blocks:
             x, _, _ = block(x, mask, real)
-        return model.classifier.norm(x), mask
+        return pad_real_tokens(model.classifier.norm(x), real, *mask.shape), mask
 
 
 def test_copy_upcycled_model_is_the_pretrained_encoder(bert_folder):
