@@ -133,9 +133,10 @@ class FullModel(nn.Module):
     no third step: each step is a queue and a hand-off per request, which single texts feel most.
 
     With `length_group` > 0 the texts run sorted by length in groups of that many, each padded
-    only to its own longest text (measured on the 2-core CPU: 2.87 ms per test text in groups of
-    16, against 3.45 ms as one padded batch of 64 and 3.19 ms in groups of 16 in arrival order);
-    0 runs the batch as one (a GPU, where each group costs its own kernel launches)."""
+    only to its own longest text, which is what attention, the one step that computes on padding,
+    pays for (on the 2-core CPU, one thread, batches of 64 test texts: 346 texts/s in groups of
+    16 against 228 as one batch; docs/runs/cpu/packing_profile_after_c97618b.json); 0 runs the
+    batch as one (a GPU, where each group costs its own kernel launches)."""
 
     def __init__(self, model: MoEClassifier, length_group: int = 0):
         super().__init__()
