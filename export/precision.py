@@ -4,17 +4,22 @@ On an H200 full_model in fp32 was the bound of v2 once the tokenizer was cheap: 
 process with four instances' worth of threads on batches of 256, against 117,878 in fp16, with
 every one of the 7,600 test labels equal to fp32's (scripts/gpu/full_model_profile.py,
 docs/gpu_serving.md). Half precision moves the probabilities, so v1 (fp32) and v2 then agree on
-labels, not to the last digit: that is why it is asked for, never the default.
+labels, not to the last digit.
 
 `moe export --full-model-dtype float16` (or bfloat16) runs the gate below on the export machine's
 device (the GPU where the export is for one and one is present): every test text through the
 fp32 model and through the half one; any label unlike fp32's, or a probability further than
 TOLERANCE from it, refuses the export. What it measured goes into the manifest.
+
+The default, "auto", asks for float16 where the export is for a GPU and runs on one (the gate then
+checks the kernels that will serve), and keeps float32 where the gate fails, saying why, or where
+no GPU is present to check on: a GPU export's throughput for every label of the test set kept.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 
@@ -22,7 +27,7 @@ from moe.data import DEFAULT_DATA, load_split
 from moe.errors import MoEError
 from moe.evaluate import predict
 
-from .options import FULL_MODEL_DTYPES
+from .options import FULL_MODEL_DTYPES, ExportOptions
 
 DTYPES = {name: getattr(torch, name) for name in FULL_MODEL_DTYPES}
 # Largest probability difference from fp32 that a half-precision full_model may show on the test
@@ -71,3 +76,22 @@ def check_precision(
         )
     log(f"precision check: every label equal, probabilities within {result['max_prob_diff']:.3g}")
     return result
+
+
+def choose_full_model(model, tokenizer, opts: ExportOptions, log=print) -> tuple:
+    """v2's model for resolved `opts`: (the model to export, its dtype, what the gate measured
+    or None). An asked-for half precision that fails the gate raises; "auto" falls back to
+    float32."""
+    dtype = opts.full_model_dtype
+    if dtype == "auto":
+        if opts.device != "cuda" or not torch.cuda.is_available():
+            return model, "float32", None
+        try:
+            return choose_full_model(model, tokenizer, replace(opts, full_model_dtype="float16"), log)
+        except MoEError as e:
+            log(f"auto precision: keeping float32 for v2 ({e})")
+            return model, "float32", None
+    half = half_model(model, dtype)
+    if half is model:
+        return model, dtype, None
+    return half, dtype, check_precision(model, half, tokenizer, dtype, opts.device, opts.precision_check_texts, log=log)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from importlib import resources
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from moe.tokenizer import encode, load_fast_tokenizer
 from .configs import fill, model_values
 from .options import DEFAULT_OUT, ExportOptions
 from .pieces import build_pieces, sample_inputs
-from .precision import check_precision, half_model
+from .precision import choose_full_model
 
 __all__ = ["DEFAULT_OUT", "ExportOptions", "export_repository", "is_current", "read_manifest"]
 
@@ -133,16 +133,10 @@ def export_repository(
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
     ids, mask = encode(tokenizer, PARITY_TEXTS, cfg.max_len)
     opts = opts.resolved()
-    v2_model = half_model(model, opts.full_model_dtype)
+    v2_model, dtype, precision = choose_full_model(model, tokenizer, opts, log=log)
+    opts = replace(opts, full_model_dtype=dtype)
     pieces = build_pieces(model, opts.length_group, v2_model)
     samples = sample_inputs(model, ids, mask)
-    precision = (
-        None
-        if v2_model is model
-        else check_precision(
-            model, v2_model, tokenizer, opts.full_model_dtype, opts.device, opts.precision_check_texts, log=log
-        )
-    )
 
     from tqdm.auto import tqdm
 

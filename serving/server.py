@@ -98,7 +98,7 @@ class ServerOptions:
     # export, cuda_memory_pool_mb).
     cuda_memory_pool_mb: int | None = None
     # Threads of Triton's HTTP front end, which parse each request's JSON and write its answer
-    # (None: Triton's default, 8).
+    # (None: as the export sized them for its host, http_thread_args).
     http_threads: int | None = None
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
@@ -182,9 +182,17 @@ class TritonServer:
             "--disable-auto-complete-config",  # serve the configs exactly as exported
             f"--log-verbose={o.log_verbose}",
             *self.cuda_pool_args(),
-            *([f"--http-thread-count={o.http_threads}"] if o.http_threads else []),
+            *self.http_thread_args(),
         ]
         return cmd + list(o.extra_args)
+
+    def http_thread_args(self) -> list[str]:
+        """As asked, else as the export sized them for its host (export/host_sizing.py; 0 or an
+        older export: Triton's default)."""
+        asked = self.opts.http_threads
+        if asked is None:
+            asked = ((read_manifest(self.opts.repository) or {}).get("options") or {}).get("http_threads")
+        return [f"--http-thread-count={asked}"] if asked else []
 
     def cuda_pool_args(self) -> list[str]:
         manifest = read_manifest(self.opts.repository)

@@ -8,6 +8,7 @@
 # tokenizer profile"):
 #   default    the default export served, its answers checked and benched (serve_bench.sh)
 #   fp16       v2 with full_model in float16 (--full-model-dtype float16), the same way
+#   fp32       v2 with full_model in float32 (--full-model-dtype float32), the same way
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
 #   bls5       v1 with 5 BLS instances, batches of 32 at concurrency 64 and 256
@@ -34,8 +35,9 @@ for step in ${STEPS:-default tokenizer profile}; do
   case $step in
     default) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh default "$R" ;;
     fp16)
-      WORKFLOWS=v2 CHECK_TOLERANCE=0.1 timeout $(($(left) - 30)) \
+      WORKFLOWS=v2 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh fp16 "$R" --full-model-dtype float16 ;;
+    fp32) WORKFLOWS=v2 timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh fp32 "$R" --full-model-dtype float32 ;;
     shapes) timeout 120 python3 scripts/gpu/half_shapes.py --out "$R/half_shapes.json" ;;
     bls64)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \

@@ -105,7 +105,10 @@ def started_endpoint(
 @click.option("--metrics-url", help="with --url: Prometheus endpoint (default http://HOST:8002/metrics)")
 @field_option(ServerOptions, "torch_threads", help="the server's TorchScript threads")
 @field_option(
-    ServerOptions, "http_threads", type=click.IntRange(min=1), help="the server's HTTP threads (default: Triton's, 8)"
+    ServerOptions,
+    "http_threads",
+    type=click.IntRange(min=1),
+    help="the server's HTTP threads (default: as the export sized them)",
 )
 @field_option(BenchOptions, "targets", type=click.Choice(["cpu", "gpu"]), help="which targets the report checks")
 @click.option("--server-log", type=click.Path(path_type=Path), help="keep the log of the server the bench starts here")

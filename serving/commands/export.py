@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from export.options import DEFAULT_OUT, FULL_MODEL_DTYPES, ExportOptions
+from export.options import DEFAULT_OUT, FULL_MODEL_DTYPE_CHOICES, ExportOptions
 
 from .common import field_option, friendly_errors
 
@@ -31,9 +31,10 @@ from .common import field_option, friendly_errors
 @field_option(
     ExportOptions,
     "full_model_dtype",
-    type=click.Choice(FULL_MODEL_DTYPES),
+    type=click.Choice(FULL_MODEL_DTYPE_CHOICES),
     help="v2's model in half precision, if every test label stays float32's and probabilities within "
-    "0.1 (checked at export; v2 then matches v1 on labels, not to the last digit)",
+    "0.1 (checked at export; v2 then matches v1 on labels, not to the last digit); auto: float16 for a "
+    "GPU where that check passes on this machine's GPU, else float32",
 )
 @field_option(
     ExportOptions,

@@ -118,7 +118,8 @@ def wait_for_signal(server: TritonServer) -> None:
     ServerOptions,
     "http_threads",
     type=click.IntRange(min=1),
-    help="threads of Triton's HTTP front end (default: Triton's, 8)",
+    help="threads of Triton's HTTP front end (default: as the export sized them, twice the cores of "
+    "a GPU host; Triton's 8 for a CPU export)",
 )
 @click.option(
     "--classify",

@@ -1,6 +1,10 @@
 """The repository the containers serve: NVIDIA's libtorch backend for every TorchScript piece,
 experts spread over GPUs."""
 
+import json
+
+import torch
+
 from export.repository import ExportOptions, export_repository
 
 TORCHSCRIPT = ["embedding", "attention", "gating", "classifier", "full_model", "postprocessing"] + [
@@ -57,6 +61,9 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
         in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     )
     assert (out / "model_repository" / "experts" / "config.pbtxt").exists()
+    # "auto" precision asks for float16 only where a GPU here can check it.
+    if not torch.cuda.is_available():
+        assert json.loads((out / "manifest.json").read_text())["options"]["full_model_dtype"] == "float32"
     # The BLS keeps v1's activations on the first GPU; the tokenizer and post-processing stay on the CPU.
     assert "KIND_GPU gpus: [ 0 ]" in (out / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     for name in ("tokenizer", "postprocessing"):

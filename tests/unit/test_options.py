@@ -89,14 +89,31 @@ def test_the_cuda_pool_is_sized_for_the_bls_of_a_gpu_export(tmp_path):
     ]
 
 
-def test_http_threads_reach_tritonserver_only_when_asked(tmp_path):
+def test_http_threads_are_the_exports_unless_asked(tmp_path):
+    """tritonserver gets the HTTP threads the export sized for its host (a GPU export: twice the
+    cores), --http-threads wins, and a CPU export or one without a manifest keeps Triton's."""
+    import json
+
+    from export.options import ExportOptions
     from serving.server import ServerOptions, TritonServer
 
     (tmp_path / "model_repository").mkdir()
 
-    def command(**options) -> list[str]:
+    def command(device: str | None, **options) -> list[str]:
+        manifest = tmp_path / "manifest.json"
+        manifest.unlink(missing_ok=True)
+        if device is not None:
+            resolved = ExportOptions(device=device, host_cores=16).resolved()
+            exported = dataclasses.asdict(resolved)
+            manifest.write_text(json.dumps(dict(options=exported, config=dict(max_len=128, d_model=384)), default=str))
         opts = ServerOptions(repository=tmp_path, tritonserver=tmp_path / "tritonserver", backend_directory=tmp_path)
         return TritonServer(dataclasses.replace(opts, **options)).command()
 
-    assert "--http-thread-count=16" in command(http_threads=16)
-    assert not [arg for arg in command() if arg.startswith("--http-thread-count")]
+    def http_args(args: list[str]) -> list[str]:
+        return [arg for arg in args if arg.startswith("--http-thread-count")]
+
+    assert http_args(command("cuda")) == ["--http-thread-count=32"]
+    assert http_args(command("cuda", http_threads=8)) == ["--http-thread-count=8"]
+    assert http_args(command("cpu")) == []
+    assert http_args(command(None)) == []
+    assert http_args(command(None, http_threads=16)) == ["--http-thread-count=16"]
