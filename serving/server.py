@@ -186,13 +186,17 @@ class TritonServer:
         ]
         return cmd + list(o.extra_args)
 
-    def http_thread_args(self) -> list[str]:
-        """As asked, else as the export sized them for its host (export/host_sizing.py; 0 or an
-        older export: Triton's default)."""
+    @property
+    def http_threads(self) -> int | None:
+        """As asked, else as the export sized them for its host (export/host_sizing.py); None:
+        Triton's default (a CPU export, or one written before the export sized them)."""
         asked = self.opts.http_threads
         if asked is None:
             asked = ((read_manifest(self.opts.repository) or {}).get("options") or {}).get("http_threads")
-        return [f"--http-thread-count={asked}"] if asked else []
+        return asked or None
+
+    def http_thread_args(self) -> list[str]:
+        return [f"--http-thread-count={self.http_threads}"] if self.http_threads else []
 
     def cuda_pool_args(self) -> list[str]:
         manifest = read_manifest(self.opts.repository)

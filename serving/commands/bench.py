@@ -54,7 +54,8 @@ def started_endpoint(
             facts=dict(
                 repository=str(repository),
                 torch_threads=torch_threads,
-                http_threads=http_threads,
+                # As tritonserver got them (None: Triton's default).
+                http_threads=server.http_threads,
                 export=(read_manifest(repository) or {}).get("options"),
             ),
         )
