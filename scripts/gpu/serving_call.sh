@@ -12,6 +12,7 @@
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
 #   bls5       v1 with 5 BLS instances, batches of 32 at concurrency 64 and 256
+#   fm6        v2 with 6 full_model instances, batches of 32 at concurrency 64 and 256
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
@@ -45,6 +46,9 @@ for step in ${STEPS:-default tokenizer profile}; do
     bls5)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh bls5 "$R" --bls-instances 5 ;;
+    fm6)
+      WORKFLOWS=v2 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh fm6 "$R" --full-model-instances 6 ;;
     http32)
       FROM=default WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=64,256,512 BENCH_OPTIONS="--http-threads 32" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http32 "$R" ;;
