@@ -4,9 +4,11 @@ as on the labels, over a transfer set of the training rows plus augmented copies
 The transfer set is built in the teacher's token ids: each copy masks WordPieces (alone or as
 short spans) with [MASK] and swaps others for one of their nearest neighbours in the teacher's
 embedding table (TinyBERT's augmentation, at the subword level), then the teacher labels every
-row once. The validation rows never enter it: it is made from the training split alone.
-A student with the teacher's tokenizer trains on those ids directly; any other student gets the
-rows as text (decoded from the ids) and tokenizes them itself.
+row once. An ensemble of teachers (runs of one recipe with other seeds, sharing a tokenizer)
+labels each row with the mean of their logits; the first teacher's table gives the neighbours.
+The validation rows never enter it: it is made from the training split alone. A student with
+the teacher's tokenizer trains on those ids directly; any other student gets the rows as text
+(decoded from the ids) and tokenizes them itself.
 
 The loss: weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * CE(labels), softmaxes at
 temperature T; the T^2 keeps the soft term's gradient on the scale of the hard term's.
@@ -142,7 +144,7 @@ def teacher_logits(model: MoEClassifier, rows: list[list[int]], device, batch_si
 
 
 def build_transfer_set(
-    teacher: MoEClassifier,
+    teacher: MoEClassifier | list[MoEClassifier],
     tokenizer,
     texts: list[str],
     labels: list[int],
@@ -151,9 +153,12 @@ def build_transfer_set(
     device="cpu",
     aug: Augmentation | None = None,
 ) -> TransferSet:
-    """The training rows and `copies` augmented copies of each, labelled by the teacher.
+    """The training rows and `copies` augmented copies of each, labelled by the teacher (or the
+    mean of an ensemble's logits).
 
     `tokenizer` is the teacher's (a transformers fast tokenizer over its tokenizer.json)."""
+    teachers = teacher if isinstance(teacher, list) else [teacher]
+    teacher = teachers[0]
     aug = aug or Augmentation()
     mask_id = tokenizer.convert_tokens_to_ids(MASK)
     if copies and (mask_id is None or mask_id == tokenizer.unk_token_id):
@@ -167,12 +172,12 @@ def build_transfer_set(
         for _ in range(copies):
             augmented += [augment(r, rng, neighbours, mask_id, special, aug) for r in rows]
             augmented_labels += labels
-    teacher = teacher.to(device)
     all_rows = rows + augmented
+    logits = torch.stack([teacher_logits(t.to(device), all_rows, device) for t in teachers]).mean(0)
     return TransferSet(
         ids=all_rows,
         labels=list(labels) + augmented_labels,
-        teacher_logits=teacher_logits(teacher, all_rows, device),
+        teacher_logits=logits,
         originals=len(rows),
         vocabulary=vocabulary_digest(tokenizer),
     )

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .checkpoint import TOKENIZER, load_checkpoint, save_checkpoint, write_metrics
 from .config import MoEConfig
 from .data import Split, load_split, train_val_split
-from .distill import TransferSet, build_transfer_set, distillation_loss, padded, student_rows
+from .distill import TransferSet, build_transfer_set, distillation_loss, padded, student_rows, vocabulary_digest
 from .errors import MoEError
 from .evaluate import evaluate
 from .model import MoEClassifier, auxiliary_losses, expert_load
@@ -39,13 +39,16 @@ class TrainConfig:
     val_fraction: float = 0.05
     max_train_rows: int | None = None
     seed: int = 0
+    # The validation rows, apart from `seed`: runs of other seeds (an ensemble's teachers) are
+    # selected on the same rows and never train on those their students validate on.
+    split_seed: int = 0
     save_dtype: str = "float32"  # float16 for the shipped checkpoint
     device: str = "auto"
     # > 0: validate and save an exponential moving average of the weights (decay per step,
     # ramped up as (1 + t) / (10 + t) so that early steps do not drag the start in).
     ema_decay: float = 0.0
     # Distillation (`moe train --distill TEACHER`, moe/distill.py): the weight of the loss on the
-    # teacher's logits (the labels' loss takes the rest), its softmax temperature, and how many
+    # teachers' logits (the labels' loss takes the rest), its softmax temperature, and how many
     # augmented copies of each training row the transfer set adds.
     distill_weight: float = 0.9
     distill_temperature: float = 2.0
@@ -147,6 +150,19 @@ class Batches:
         return ids, mask, torch.tensor([self.labels[i] for i in idx]), soft
 
 
+def load_teachers(folders: list[Path]) -> tuple[list[MoEClassifier], object]:
+    """The teachers' models and their one tokenizer: an ensemble labels the same token ids."""
+    models, tokenizers = [], []
+    for folder in folders:
+        model, path = load_checkpoint(folder)
+        models.append(model)
+        tokenizers.append(load_fast_tokenizer(path / TOKENIZER))
+    digests = {vocabulary_digest(t) for t in tokenizers}
+    if len(digests) > 1:
+        raise MoEError(f"the teachers {', '.join(map(str, folders))} have different tokenizers: an ensemble needs one")
+    return models, tokenizers[0]
+
+
 def train(
     cfg: MoEConfig,
     tc: TrainConfig,
@@ -156,7 +172,7 @@ def train(
     init: Path | None = None,
     upcycle: str = "copy",
     layers: int | None = None,
-    teacher: Path | None = None,
+    teacher: Path | list[Path] | None = None,
     transfer: TransferSet | None = None,
 ) -> dict:
     """Train from scratch, or with `init` (a pretrained BERT-style Hugging Face folder) fine-tune
@@ -164,14 +180,16 @@ def train(
     `layers` layers if given: its architecture and tokenizer then come from `init`, routing,
     max_len and dropout from `cfg`.
 
-    With `teacher` (a checkpoint folder), distil: the transfer set (the training rows and
-    tc.augment_copies augmented copies, labelled by the teacher) replaces the training rows.
-    `transfer` gives one built beforehand from the same training split."""
+    With `teacher` (a checkpoint folder, or several sharing a tokenizer: an ensemble), distil:
+    the transfer set (the training rows and tc.augment_copies augmented copies, labelled by the
+    teachers) replaces the training rows. `transfer` gives one built beforehand from the same
+    training split."""
+    teachers = [teacher] if isinstance(teacher, (str, Path)) else list(teacher or [])
     torch.manual_seed(tc.seed)
     random.seed(tc.seed)
     device = pick_device(tc.device)
     rows = load_split(data, "train").head(tc.max_train_rows)
-    train_rows, val_rows = train_val_split(rows, tc.val_fraction, tc.seed)
+    train_rows, val_rows = train_val_split(rows, tc.val_fraction, tc.split_seed)
     log(f"data: {len(train_rows)} training rows, {len(val_rows)} validation rows, device {device}")
 
     t0 = time.time()
@@ -192,15 +210,15 @@ def train(
     tokenizer_json = tok.to_str(pretty=True)
     fast = load_fast_tokenizer(tok)
     teacher_tokenizer = None
-    if teacher is not None and transfer is None:
-        teacher_model, teacher_dir = load_checkpoint(teacher)
-        teacher_tokenizer = load_fast_tokenizer(teacher_dir / TOKENIZER)
+    if teachers and transfer is None:
         t0 = time.time()
+        teacher_models, teacher_tokenizer = load_teachers(teachers)
         transfer = build_transfer_set(
-            teacher_model, teacher_tokenizer, train_rows.texts, train_rows.labels, tc.augment_copies, tc.seed, device
+            teacher_models, teacher_tokenizer, train_rows.texts, train_rows.labels, tc.augment_copies, tc.seed, device
         )
-        del teacher_model
-        log(f"transfer set: {len(transfer.labels)} rows labelled by {teacher} in {time.time() - t0:.1f}s")
+        del teacher_models
+        names = ", ".join(map(str, teachers))
+        log(f"transfer set: {len(transfer.labels)} rows labelled by {names} in {time.time() - t0:.1f}s")
     if transfer is not None:
         if transfer.originals != len(train_rows):
             raise MoEError(f"the transfer set holds {transfer.originals} training rows, this split {len(train_rows)}")
@@ -244,7 +262,7 @@ def train(
         history["upcycled_from"] = {"folder": str(init), "method": upcycle, "layers": cfg.n_layers}
     if transfer is not None:
         history["distilled_from"] = {
-            "teacher": str(teacher),
+            "teacher": str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers],
             "temperature": tc.distill_temperature,
             "weight": tc.distill_weight,
             "transfer_rows": len(transfer.labels),

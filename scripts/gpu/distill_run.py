@@ -5,16 +5,19 @@ compact students on it side by side, select each by validation, test each once.
 Run from the code folder of the trip that scripts/gpu/distill_pack.py packs:
 
     python3 scripts/gpu/distill_run.py --trip TRIP --out $OUT [--time-limit 500] [--students l2_e8,l3_e8]
-        [--dry-run]
+        [--teachers N] [--dry-run]
 
 1. teacher: all-MiniLM-L6-v2 upcycled with its FFN copied into 8 experts, lr 5e-5, weight EMA
-   0.999, 3 epochs (the 93.79 % recipe of docs/upcycling.md), best epoch by validation.
+   0.999, 3 epochs (the 93.79 % recipe of docs/upcycling.md), best epoch by validation. With
+   --teachers N, N runs of that recipe side by side (seeds 0 to N-1, the same validation rows):
+   `teacher`, `teacher_s1`, ...
 2. transfer set: the training split (never the validation rows) plus augmented copies, each row
-   labelled once by the teacher's logits (moe/distill.py).
-3. students (STUDENTS, or the ones --students names: fewer share the GPU faster): MiniLM's lower
-   layers and embeddings, each FFN sliced into experts, trained on the transfer set with the
-   distillation loss, each a process of its own on the same GPU; best epoch by validation
-   accuracy; runs still training at the time limit are stopped and their best epoch so far kept.
+   labelled once by the teacher's logits, an ensemble's mean (moe/distill.py).
+3. students (STUDENTS, or the ones --students names; ARCH_Nep names ARCH trained for N epochs):
+   MiniLM's lower layers and embeddings, each FFN sliced into experts, trained on the transfer
+   set with the distillation loss, each a process of its own on the same GPU; best epoch by
+   validation accuracy; runs still training at the time limit are stopped and their best epoch
+   so far kept.
 4. each selected checkpoint evaluated once on the 7,600 test rows.
 
 Written to OUT as it goes (at most 8 files come back, 16 MiB each): summary.json; runs.tar.xz
@@ -34,6 +37,7 @@ import io
 import json
 import lzma
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,21 +80,38 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def teacher_names(count: int) -> list[str]:
+    return ["teacher"] + [f"teacher_s{seed}" for seed in range(1, count)]
+
+
+def is_teacher(name: str) -> bool:
+    return name == "teacher" or name.startswith("teacher_s")
+
+
+def student(name: str) -> tuple[str, int | None]:
+    """A student's architecture (a key of STUDENTS) and the epochs its name asks for, if any."""
+    match = re.fullmatch(r"(.+)_(\d+)ep", name)
+    return (match[1], int(match[2])) if match else (name, None)
+
+
 def configs(name: str, args):
     from moe.config import preset
     from moe.train import TRAIN_PRESETS, TrainConfig
 
-    spec = TEACHER if name == "teacher" else dict(STUDENT_TRAINING, **STUDENTS[name], top_k=2)
+    if is_teacher(name):
+        spec = dict(TEACHER, seed=int(name.removeprefix("teacher").removeprefix("_s") or 0))
+    else:
+        spec = dict(STUDENT_TRAINING, **STUDENTS[student(name)[0]], top_k=2)
     model_keys = ("n_experts", "top_k")
     cfg = dataclasses.replace(preset("small"), **{k: spec[k] for k in model_keys})
     train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
     tc = dataclasses.replace(
         TrainConfig(**TRAIN_PRESETS["upcycle"]), **{k: v for k, v in spec.items() if k in train_keys}
     )
-    if name == "teacher" and args.teacher_epochs:
+    if is_teacher(name) and args.teacher_epochs:
         tc = dataclasses.replace(tc, epochs=args.teacher_epochs)
-    if name != "teacher" and args.student_epochs:
-        tc = dataclasses.replace(tc, epochs=args.student_epochs)
+    if not is_teacher(name) and (student(name)[1] or args.student_epochs):
+        tc = dataclasses.replace(tc, epochs=student(name)[1] or args.student_epochs)
     if args.copies is not None:
         tc = dataclasses.replace(tc, augment_copies=args.copies)
     if args.dry_run:
@@ -108,7 +129,7 @@ def worker(name: str, args) -> None:
 
     torch.set_num_threads(2)
     cfg, tc, spec = configs(name, args)
-    transfer = None if name == "teacher" else TransferSet.load(args.work / "transfer.pt")
+    transfer = None if is_teacher(name) else TransferSet.load(args.work / "transfer.pt")
     train(
         cfg,
         tc,
@@ -118,7 +139,7 @@ def worker(name: str, args) -> None:
         init=args.work / "minilm",
         upcycle=spec.get("upcycle", "slice"),
         layers=spec.get("layers"),
-        teacher=None if name == "teacher" else args.work / "teacher",
+        teacher=None if is_teacher(name) else [args.work / t for t in args.teachers_trained],
         transfer=transfer,
     )
     rows = DRY_RUN["test_rows"] if args.dry_run else None
@@ -133,6 +154,7 @@ def launch(names: list[str], args, deadline: float) -> dict[str, str]:
         command = [sys.executable, __file__, "--worker", name, "--trip", str(args.trip), "--work", str(args.work)]
         command += ["--out", str(args.out)] + (["--dry-run"] if args.dry_run else [])
         command += [f"--{o.replace('_', '-')}={getattr(args, o)}" for o in SCHEDULE if getattr(args, o) is not None]
+        command += [f"--teachers-trained={','.join(args.teachers_trained)}"]
         with open(args.work / f"{name}.log", "w") as out:
             procs[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     return wait_all(procs, deadline, log)
@@ -143,10 +165,11 @@ def record(name: str, status: str, args) -> dict:
     rows = DRY_RUN["test_rows"] if args.dry_run else None
     metrics, test = metrics_and_test(folder, args.work / "ag_news", args.work / f"{name}.test.json", rows)
     weights = folder / "model.safetensors"
+    _, tc, spec = configs(name, args)
     return dict(
         name=name,
         status=status,
-        spec=TEACHER if name == "teacher" else dict(STUDENT_TRAINING, **STUDENTS[name]),
+        spec=dict(spec, epochs=tc.epochs, seed=tc.seed),
         val_accuracy_per_epoch=[e["val_accuracy"] for e in metrics.get("epochs", [])],
         seconds_per_epoch=[round(e["seconds"], 1) for e in metrics.get("epochs", [])],
         train=metrics.get("train"),
@@ -174,7 +197,7 @@ def pack_student(name: str, args, summary: dict) -> None:
         return
     state = load_file(str(folder / "model.safetensors"))
     entry = next(r for r in summary["runs"] if r["name"] == name)
-    if STUDENTS[name]["freeze_token_embedding"]:
+    if STUDENTS[student(name)[0]]["freeze_token_embedding"]:
         table = state.pop(TOKEN_TABLE)
         entry["token_table_sha256"] = hashlib.sha256(table.to(torch.float16).numpy().tobytes()).hexdigest()
     buffer = io.BytesIO()
@@ -197,7 +220,7 @@ def pack_student(name: str, args, summary: dict) -> None:
 def write_summary(summary: dict, args) -> None:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     with lzma.open(args.out / "runs.tar.xz", "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-        for name in ["teacher", *args.students]:
+        for name in [*teacher_names(args.teachers), *args.students]:
             add_file(tar, args.work / f"{name}.log", f"{name}.log")
             add_file(tar, args.work / f"{name}.test.json", f"{name}.test.json")
             for file in ("metrics.json", "config.json"):
@@ -220,19 +243,18 @@ def prepare(args) -> None:
 def build_transfer(args) -> dict:
     import torch
 
-    from moe.checkpoint import TOKENIZER, load_checkpoint
     from moe.data import load_split, train_val_split
     from moe.distill import build_transfer_set
-    from moe.tokenizer import load_fast_tokenizer
+    from moe.train import load_teachers
 
     _, tc, _ = configs(args.students[0], args)
     rows = load_split(args.work / "ag_news", "train").head(tc.max_train_rows)
-    train_rows, _ = train_val_split(rows, tc.val_fraction, tc.seed)
-    teacher, folder = load_checkpoint(args.work / "teacher")
+    train_rows, _ = train_val_split(rows, tc.val_fraction, tc.split_seed)
+    teachers, tokenizer = load_teachers([args.work / name for name in args.teachers_trained])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     transfer = build_transfer_set(
-        teacher,
-        load_fast_tokenizer(folder / TOKENIZER),
+        teachers,
+        tokenizer,
         train_rows.texts,
         train_rows.labels,
         tc.augment_copies,
@@ -242,6 +264,7 @@ def build_transfer(args) -> dict:
     transfer.save(args.work / "transfer.pt")
     agree = (transfer.teacher_logits.argmax(-1) == torch.tensor(transfer.labels)).float()
     return dict(
+        teachers=args.teachers_trained,
         rows=len(transfer.labels),
         originals=transfer.originals,
         teacher_agrees_with_label_original=agree[: transfer.originals].mean().item(),
@@ -260,6 +283,10 @@ def main() -> None:
     ap.add_argument("--student-epochs", type=int)
     ap.add_argument("--copies", type=int, help="augmented copies of each training row")
     ap.add_argument(
+        "--teachers", type=int, default=1, help="runs of the teacher's recipe (seeds 0..N-1), their logits averaged"
+    )
+    ap.add_argument("--teachers-trained", default="", help=argparse.SUPPRESS)
+    ap.add_argument(
         "--students",
         default=",".join(STUDENTS),
         help="comma list of the students to train (fewer share the GPU faster); default: all of STUDENTS",
@@ -269,7 +296,8 @@ def main() -> None:
     args = ap.parse_args()
     args.trip, args.work, args.out = args.trip.resolve(), args.work.resolve(), args.out.resolve()
     args.students = [n.strip() for n in args.students.split(",") if n.strip()]
-    unknown = [n for n in args.students if n not in STUDENTS]
+    args.teachers_trained = [n for n in args.teachers_trained.split(",") if n]
+    unknown = [n for n in args.students if student(n)[0] not in STUDENTS]
     if unknown or not args.students:
         ap.error(f"--students: unknown {unknown or 'none given'}; choose from {', '.join(STUDENTS)}")
     if args.worker:
@@ -289,14 +317,17 @@ def main() -> None:
 
     summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     prepare(args)
-    log(f"prepared in {time.time() - started:.0f}s; training the teacher")
-    status = launch(["teacher"], args, min(end, started + args.teacher_limit))
-    summary["runs"].append(record("teacher", status["teacher"], args))
+    teachers = teacher_names(args.teachers)
+    log(f"prepared in {time.time() - started:.0f}s; training {', '.join(teachers)}")
+    status = launch(teachers, args, min(end, started + args.teacher_limit))
+    for name in teachers:
+        summary["runs"].append(record(name, status[name], args))
+        log(f"{name}: {summary['runs'][-1]}")
     write_summary(summary, args)
-    if not (args.work / "teacher" / "model.safetensors").is_file():
+    args.teachers_trained = [n for n in teachers if (args.work / n / "model.safetensors").is_file()]
+    if not args.teachers_trained:
         log("no teacher checkpoint: stopping")
         return
-    log(f"teacher: {summary['runs'][0]}")
     t0 = time.time()
     summary["transfer_set"] = build_transfer(args)
     summary["transfer_set"]["seconds"] = time.time() - t0

@@ -75,7 +75,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     table = None
     for run in summary["runs"]:
-        if run["name"] == "teacher" or run.get("weights_bytes") is None:
+        if run["name"].startswith("teacher") or run.get("weights_bytes") is None:
             continue
         name = run["name"]
         extract(student_archive(args.back, name), args.out)

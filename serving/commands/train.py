@@ -55,7 +55,9 @@ from .common import friendly_errors
 @click.option(
     "--distill",
     type=click.Path(path_type=Path, file_okay=False),
-    help="teacher checkpoint: train on its logits over the training rows and augmented copies",
+    multiple=True,
+    help="teacher checkpoint: train on its logits over the training rows and augmented copies; "
+    "repeat it for an ensemble (the mean of their logits)",
 )
 @click.option("--distill-weight", type=float, help="weight of the loss on the teacher's logits (default 0.9)")
 @click.option("--distill-temperature", type=float, help="softmax temperature of that loss (default 2)")
@@ -75,7 +77,7 @@ def train(preset, data, out, overrides, init, upcycle, layers, distill, **train_
     tc = TrainConfig(**TRAIN_PRESETS.get("upcycle" if init else preset, {}))
     tc = dataclasses.replace(tc, **{k: v for k, v in train_options.items() if v is not None})
     history = run_training(
-        cfg, tc, data, out, log=click.echo, init=init, upcycle=upcycle, layers=layers, teacher=distill
+        cfg, tc, data, out, log=click.echo, init=init, upcycle=upcycle, layers=layers, teacher=list(distill)
     )
     click.echo(
         f"best validation accuracy {history['best_val_accuracy'] * 100:.2f}% "

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from moe.checkpoint import save_checkpoint
 from moe.config import preset
 from moe.distill import (
     Augmentation,
@@ -22,6 +23,7 @@ from moe.distill import (
 from moe.errors import MoEError
 from moe.model import MoEClassifier
 from moe.tokenizer import load_fast_tokenizer, train_tokenizer
+from moe.train import load_teachers
 from moe.upcycle import start_from_pretrained
 
 from .test_upcycle import BASE, TRAIN_TEXTS, save_tiny_bert
@@ -108,6 +110,31 @@ def test_transfer_set_is_the_rows_then_their_copies_labelled_by_the_teacher(teac
     assert torch.allclose(transfer.teacher_logits[:n], direct, atol=1e-5)
     # Labelling batched by length gives each row its own logits.
     assert torch.allclose(teacher_logits(model, transfer.ids, "cpu", batch_size=3), transfer.teacher_logits, atol=1e-5)
+
+
+def test_an_ensemble_labels_each_row_with_the_mean_of_its_teachers_logits(teacher, bert_folder):
+    model, tok = teacher
+    torch.manual_seed(1)  # another run of the recipe: other routers
+    other, _ = start_from_pretrained(bert_folder, TRAIN_TEXTS, BASE, "copy")
+    other.eval()
+    labels = [0, 1, 2, 3]
+    alone = build_transfer_set(model, tok, TRAIN_TEXTS, labels, copies=1, seed=0)
+    both = build_transfer_set([model, other], tok, TRAIN_TEXTS, labels, copies=1, seed=0)
+    assert both.ids == alone.ids  # the first teacher's neighbours make the copies
+    mean = (alone.teacher_logits + teacher_logits(other, alone.ids, "cpu")) / 2
+    assert torch.allclose(both.teacher_logits, mean, atol=1e-5)
+    assert not torch.allclose(both.teacher_logits, alone.teacher_logits, atol=1e-3)
+
+
+def test_an_ensemble_needs_one_tokenizer(tmp_path, teacher):
+    model, tok = teacher
+    save_checkpoint(tmp_path / "a", model, tok.backend_tokenizer.to_str(), {})
+    own = train_tokenizer(TRAIN_TEXTS * 5, 200, 24)
+    save_checkpoint(tmp_path / "b", MoEClassifier(preset("tiny")), own.to_str(), {})
+    models, shared = load_teachers([tmp_path / "a", tmp_path / "a"])
+    assert len(models) == 2 and vocabulary_digest(shared) == vocabulary_digest(tok)
+    with pytest.raises(MoEError, match="different tokenizers"):
+        load_teachers([tmp_path / "a", tmp_path / "b"])
 
 
 def test_a_student_with_another_tokenizer_gets_the_rows_as_text(teacher):
