@@ -18,13 +18,18 @@ venv-interpreter:
 	  echo "$(VENV) was made from another interpreter than $(PYTHON): rebuilding it"; rm -rf $(VENV); fi
 
 # What the container tests need: podman (root, host network), debootstrap for a local base
-# image, podman-compose; runc may not set rlimits in a sandboxed machine, so none are asked for.
+# image, podman-compose; runc may not set rlimits in a sandboxed machine, so none are asked for;
+# crun refuses a hybrid cgroup layout (v1 controllers with a v2 mount beside them), runc runs there.
 containers:
 	@need=""; for tool in podman debootstrap podman-compose; do command -v $$tool >/dev/null || need="$$need $$tool"; done; \
 	  if [ -n "$$need" ]; then echo "installing:$$need"; apt-get update -qq && $(APT) $$need >/dev/null; fi
 	@f=/etc/containers/containers.conf; grep -qs '^default_ulimits' $$f || { mkdir -p /etc/containers; \
 	  if grep -qs '^\[containers\]' $$f; then sed -i '/^\[containers\]/a default_ulimits = []' $$f; \
 	  else printf '[containers]\ndefault_ulimits = []\n' >> $$f; fi; }
+	@f=/etc/containers/containers.conf; if grep -qs ' /sys/fs/cgroup/unified cgroup2 ' /proc/mounts \
+	  && ! grep -qs '^runtime' $$f; then command -v runc >/dev/null || $(APT) runc >/dev/null; \
+	  if grep -qs '^\[engine\]' $$f; then sed -i '/^\[engine\]/a runtime = "runc"' $$f; \
+	  else printf '[engine]\nruntime = "runc"\n' >> $$f; fi; fi
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	@# Build tools of NVIDIA's libtorch backend; the Python backend's stub embeds the system's
