@@ -24,15 +24,11 @@ from moe_client import MoEClient, MoEClientError
 
 
 def eager_probs(model: EagerModel, texts: list[str], batch: int = 64) -> np.ndarray:
-    from moe.tokenizer import encode
+    from moe.evaluate import predict
 
-    out = []
     with torch.inference_mode():
-        for s in range(0, len(texts), batch):
-            ids, mask = encode(model.tokenizer, texts[s : s + batch], model.model.cfg.max_len)
-            logits = model.model(ids.to(model.device), mask.to(model.device))
-            out.append(torch.softmax(logits.float(), -1).cpu().numpy())
-    return np.concatenate(out)
+        batches = predict(model.model, model.tokenizer, texts, model.model.cfg, batch, model.device)
+        return np.concatenate([probs.numpy() for probs, _ in batches])
 
 
 def main() -> int:
