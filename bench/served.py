@@ -260,6 +260,9 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                         if by_wrk:
                             args = (endpoint.url, model_name(workflow), plan[:n], want[:n], eager.labels, c)
                             await asyncio.to_thread(wrk.warm_up, *args)
+                            # wrk leaves its last requests in the server; the level starts without them.
+                            if endpoint.metrics_url:
+                                await asyncio.to_thread(triton_stats.wait_until_drained, endpoint.metrics_url)
                         else:
                             n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
                             untimed = [(workflow, t) for t in batches(texts, b, max(n_warm, c), start=most)]
@@ -274,12 +277,19 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                             bar.update(n)
                         else:
                             run = await closed_loop_level(client, workflow, plan[:n], want, untimed, c, bar.update)
+                        drained_s = (
+                            _try(triton_stats.wait_until_drained, endpoint.metrics_url)
+                            if by_wrk and endpoint.metrics_url
+                            else None
+                        )
                         s1 = _try(triton_stats.model_stats, endpoint.http_url)
                         m1 = None
                         if workflow == "v1" and endpoint.metrics_url and m0 is not None and s0 and s1:
                             bls_batches = s1["moe_bls"]["execution_count"] - s0["moe_bls"]["execution_count"]
                             m1 = _try(triton_stats.bls_counters_settled, endpoint.metrics_url, m0, bls_batches)
                         level = dict(workflow=workflow, batch_size=b, concurrency=c, **run, load_average=load0)
+                        if drained_s is not None:
+                            level["drained_after_s"] = round(drained_s, 3)
                         if s0 is not None and s1 is not None:
                             md = triton_stats.delta(m1, m0) if m1 is not None else None
                             level["breakdown"] = triton_stats.breakdown(

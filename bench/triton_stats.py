@@ -73,6 +73,21 @@ def bls_counters_settled(metrics_url: str, before: dict, batches: int, timeout_s
         time.sleep(0.05)
 
 
+def wait_until_drained(metrics_url: str, timeout_s: float = 60.0) -> float:
+    """Seconds until no model has a request waiting (Triton's pending-request gauges read 0 twice
+    in a row), or `timeout_s`. A load generator that stops at its level's end leaves up to a
+    connection's worth of requests in the server: the next level's would queue behind them and,
+    with as many connections as the entry model's queue has places, be rejected."""
+    started = time.monotonic()
+    idle = 0
+    while idle < 2 and time.monotonic() - started < timeout_s:
+        pending = prometheus(metrics_url, prefix="nv_inference_pending_request_count")
+        idle = idle + 1 if not any(pending.values()) else 0
+        if idle < 2:
+            time.sleep(0.02)
+    return time.monotonic() - started
+
+
 def delta(after: dict, before: dict) -> dict:
     """after - before, for model_stats() rows or prometheus() samples."""
     if all(isinstance(v, dict) for v in after.values()):

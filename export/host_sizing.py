@@ -4,11 +4,13 @@ On a GPU the model is cheap and the host is the bound: every Python stage (token
 process of its own, and every instance whose thread pool is the size of the machine competes with
 the thread that launches full_model's kernels. So on a GPU host the stages share the cores out:
 most of them to single-threaded tokenizer instances (the costliest step per text until its ASCII
-fast path; not re-sized since), a quarter to BLS instances taking batches of up to 256 texts,
-and full_model gets four instances per GPU (on an H200 they served more single texts a second
-than two at each concurrency measured, and as many batches; docs/gpu_serving.md). full_model
-takes batches of up to 256 texts, since its time per execution grows far slower than its texts
-(on the H200: 3.7 ms for 32 texts, 14.6 ms for 254). On the CPU the stages keep the layout
+fast path; not re-sized since), five sixteenths to BLS instances taking batches of up to 256
+texts, and three eighths to full_model instances per GPU, each of which is one host thread
+launching kernels one after another (on an H200 with 16 cores, 6 full_model instances served
+v2's batches of 32 1.3-1.4x faster than 4, and 5 BLS instances v1's 1.25x faster than 4 and
+without shedding load; docs/gpu_serving.md). full_model takes batches of up to 256 texts, since
+its time per execution grows far slower than its texts (on the H200: 3.7 ms for 32 texts,
+14.6 ms for 254). On the CPU the stages keep the layout
 measured best on two cores (docs/benchmarks.md): one tokenizer with the library's own thread
 pool, one BLS, two single-threaded full_model instances.
 
@@ -63,9 +65,9 @@ def size_host_stages(device: str, cores: int, max_batch_size: int) -> HostStages
         tokenizer_instances=max(1, cores * 3 // 4),
         tokenizer_threads=1,
         postprocessing_instances=max(1, cores // 8),
-        bls_instances=max(1, cores // 4),
+        bls_instances=max(1, cores * 5 // 16),
         bls_max_batch=max(max_batch_size, 256),
-        full_model_instances=4,
+        full_model_instances=max(2, cores * 3 // 8),
         full_model_max_batch=max(max_batch_size, 256),
         http_threads=2 * cores,
     )

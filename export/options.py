@@ -29,9 +29,9 @@ class ExportOptions:
     # every layer's activations cross to the host and back (kept to measure what that costs).
     bls_device: str = "auto"
     # v2's model: on the CPU two instances of one thread each (both cores busy without OpenMP
-    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU four
-    # instances on every GPU (export/host_sizing.py) and one group. None: by device. Measured:
-    # docs/benchmarks.md, docs/gpu_serving.md.
+    # threads spinning against each other) and texts in length-sorted groups of 16; on a GPU
+    # instances sized for the host's cores on every GPU (export/host_sizing.py) and one group.
+    # None: by device. Measured: docs/benchmarks.md, docs/gpu_serving.md.
     full_model_instances: int | None = None
     length_group: int | None = None
     # float32, or float16 / bfloat16 where export/precision.py's gate passes (v2 then agrees with

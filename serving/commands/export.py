@@ -26,7 +26,7 @@ from .common import field_option, friendly_errors
     ExportOptions,
     "full_model_instances",
     type=int,
-    help="instances of v2's model (default: 2 on the CPU, 4 on every GPU)",
+    help="instances of v2's model (default: 2 on the CPU; on every GPU, sized for the host's cores)",
 )
 @field_option(
     ExportOptions,

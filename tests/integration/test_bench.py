@@ -221,3 +221,50 @@ def test_wrk_counts_wrong_answers_and_server_errors(server, data_dir):
     failed = wrk.run_level(server.http_url, "moe_v2", [[" "]], [([0], ["World"])], 2, 1)
     assert failed["checked"] == 0 and failed["errors"] > 0
     assert any("empty or whitespace" in m for m in failed["error_messages"]), failed["error_messages"]
+
+
+def test_wrk_levels_start_on_a_drained_server(tiny_checkpoint, data_dir, tmp_path):
+    """wrk stops at a level's end with its connections' requests still in the server; the next
+    level's requests must not queue behind them. With an entry queue of as many places as there
+    are connections, a level started before the server drains is partly rejected as over the
+    queue's size; one started after it is not. Every stage takes one request per execution, so
+    requests wait in queues as they do on a busy GPU server."""
+    from bench import wrk
+    from export.options import ExportOptions
+    from export.repository import export_repository
+    from tests.conftest import start_server
+
+    if not wrk.available():
+        pytest.fail("wrk is not installed: `make setup` installs it")
+    connections, texts_per_request = 4, 8
+    repo = export_repository(
+        tiny_checkpoint,
+        tmp_path / "queue_as_deep_as_the_connections",
+        progress=False,
+        log=lambda *_: None,
+        opts=ExportOptions(max_queue_size=connections, max_batch_size=texts_per_request),
+    )
+    server = start_server(repo)
+    try:
+        opts = BenchOptions(
+            workflows=["v1", "v2"],
+            concurrency=[connections, connections],
+            batch_sizes=[texts_per_request],
+            level_seconds=1,
+            batched_baseline=0,
+            load_client="wrk",
+            checkpoint=tiny_checkpoint,
+            data=data_dir,
+            out=tmp_path / "bench",
+            plots=False,
+            progress=False,
+        )
+        endpoint = Endpoint(url=server.http_url, http_url=server.http_url, metrics_url=server.metrics_url)
+        result = run_bench(opts, endpoint, log=lambda *_: None)
+        for level in result["levels"]:
+            assert level["errors"] == 0, (level["workflow"], level["error_messages"])
+            assert level["checked"] > 0 and level["disagreements"] == 0
+            assert level["drained_after_s"] >= 0
+    finally:
+        server.stop()
+        server.cleanup()

@@ -81,8 +81,8 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
 
 def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tmp_path):
     """On a GPU host the Python stages share the cores out (single-threaded tokenizer instances,
-    BLS instances) and v2's model gets four instances on every GPU with large batches; an option
-    given overrides its share."""
+    BLS instances) and v2's model three eighths of them on every GPU, with large batches; an
+    option given overrides its share."""
     out = export_repository(
         tiny_checkpoint,
         tmp_path / "gpu16",
@@ -95,7 +95,7 @@ def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tm
     assert 'key: "threads" value: { string_value: "1" }' in config["tokenizer"]
     assert "count: 2 kind: KIND_CPU" in config["postprocessing"]
     assert "count: 3 kind: KIND_GPU gpus: [ 0 ]" in config["moe_bls"]
-    assert "count: 4 kind: KIND_GPU gpus: [ 0, 1 ]" in config["full_model"]
+    assert "count: 6 kind: KIND_GPU gpus: [ 0, 1 ]" in config["full_model"]
     assert "max_batch_size: 256" in config["full_model"] and "max_batch_size: 256" in config["moe_bls"]
     assert "max_batch_size: 64" in config["tokenizer"]
     # On the CPU: the layout measured best on two cores, the library's own tokenizer pool.
