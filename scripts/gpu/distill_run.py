@@ -25,6 +25,12 @@ Written to OUT as it goes (at most 8 files come back, 16 MiB each): summary.json
 in NAME.tar.part-NN pieces when larger than 15 MiB; a frozen token table is left out and
 rebuilt from the dequantized encoder, its digest in summary.json).
 
+Teachers and students in two calls, when one call's time does not hold both: the first with
+--transfer-only stops after step 2 and brings the transfer set back (transfer.pt.xz, about
+10 MB for 173,668 rows: token ids and the teachers' logits), the second with --transfer DIR (that
+file and the first call's summary.json, carried) starts at step 3; its summary.json keeps the
+teachers' runs of the first.
+
 --dry-run: a few hundred rows, one epoch each, on the CPU.
 """
 
@@ -209,12 +215,7 @@ def pack_student(name: str, args, summary: dict) -> None:
         info = tarfile.TarInfo(f"{name}/model.safetensors")
         info.size = len(weights)
         tar.addfile(info, io.BytesIO(weights))
-    data = buffer.getvalue()
-    if len(data) <= PART_BYTES:
-        (args.out / f"{name}.tar").write_bytes(data)
-    else:
-        for i, s in enumerate(range(0, len(data), PART_BYTES)):
-            (args.out / f"{name}.tar.part-{i:02d}").write_bytes(data[s : s + PART_BYTES])
+    write_parts(buffer.getvalue(), args.out / f"{name}.tar")
 
 
 def write_summary(summary: dict, args) -> None:
@@ -225,6 +226,37 @@ def write_summary(summary: dict, args) -> None:
             add_file(tar, args.work / f"{name}.test.json", f"{name}.test.json")
             for file in ("metrics.json", "config.json"):
                 add_file(tar, args.work / name / file, f"{name}.{file}")
+
+
+def write_parts(data: bytes, path: Path) -> None:
+    """PATH, or PATH.part-NN pieces when larger than a returned file may be."""
+    if len(data) <= PART_BYTES:
+        path.write_bytes(data)
+        return
+    for i, s in enumerate(range(0, len(data), PART_BYTES)):
+        path.with_name(f"{path.name}.part-{i:02d}").write_bytes(data[s : s + PART_BYTES])
+
+
+def read_parts(path: Path) -> bytes:
+    if path.is_file():
+        return path.read_bytes()
+    parts = sorted(path.parent.glob(f"{path.name}.part-*"))
+    if not parts:
+        raise SystemExit(f"{path}: not there, nor in parts")
+    return b"".join(p.read_bytes() for p in parts)
+
+
+def bring_transfer_back(args) -> None:
+    write_parts(lzma.compress((args.work / "transfer.pt").read_bytes(), preset=6), args.out / "transfer.pt.xz")
+
+
+def take_transfer(args, summary: dict) -> None:
+    """The transfer set and teachers of an earlier call (--transfer-only), carried in as DIR."""
+    earlier = json.loads((args.transfer / "summary.json").read_text())
+    (args.work / "transfer.pt").write_bytes(lzma.decompress(read_parts(args.transfer / "transfer.pt.xz")))
+    summary["runs"] += [r for r in earlier["runs"] if is_teacher(r["name"])]
+    summary["transfer_set"] = dict(earlier["transfer_set"], made_by=earlier["command"], made=earlier["started"])
+    args.teachers_trained = earlier["transfer_set"]["teachers"]
 
 
 def prepare(args) -> None:
@@ -291,6 +323,12 @@ def main() -> None:
         default=",".join(STUDENTS),
         help="comma list of the students to train (fewer share the GPU faster); default: all of STUDENTS",
     )
+    ap.add_argument(
+        "--transfer-only", action="store_true", help="stop after the transfer set, bringing it back (transfer.pt.xz)"
+    )
+    ap.add_argument(
+        "--transfer", type=Path, help="start at the students, from a --transfer-only call's files in this folder"
+    )
     ap.add_argument("--worker")
     ap.add_argument("--dry-run", action="store_true")
     args = ap.parse_args()
@@ -300,6 +338,10 @@ def main() -> None:
     unknown = [n for n in args.students if student(n)[0] not in STUDENTS]
     if unknown or not args.students:
         ap.error(f"--students: unknown {unknown or 'none given'}; choose from {', '.join(STUDENTS)}")
+    if args.transfer_only and args.transfer:
+        ap.error("--transfer-only makes the transfer set that --transfer starts from: one or the other")
+    if args.transfer:
+        args.transfer = args.transfer.resolve()
     if args.worker:
         worker(args.worker, args)
         return
@@ -317,22 +359,32 @@ def main() -> None:
 
     summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     prepare(args)
-    teachers = teacher_names(args.teachers)
-    log(f"prepared in {time.time() - started:.0f}s; training {', '.join(teachers)}")
-    status = launch(teachers, args, min(end, started + args.teacher_limit))
-    for name in teachers:
-        summary["runs"].append(record(name, status[name], args))
-        log(f"{name}: {summary['runs'][-1]}")
-    write_summary(summary, args)
-    args.teachers_trained = [n for n in teachers if (args.work / n / "model.safetensors").is_file()]
-    if not args.teachers_trained:
-        log("no teacher checkpoint: stopping")
-        return
-    t0 = time.time()
-    summary["transfer_set"] = build_transfer(args)
-    summary["transfer_set"]["seconds"] = time.time() - t0
-    log(f"transfer set: {summary['transfer_set']}")
-    write_summary(summary, args)
+    if args.transfer:
+        take_transfer(args, summary)
+        log(f"prepared in {time.time() - started:.0f}s; transfer set of {summary['transfer_set']['made_by']}")
+    else:
+        teachers = teacher_names(args.teachers)
+        log(f"prepared in {time.time() - started:.0f}s; training {', '.join(teachers)}")
+        status = launch(teachers, args, min(end, started + args.teacher_limit))
+        for name in teachers:
+            summary["runs"].append(record(name, status[name], args))
+            log(f"{name}: {summary['runs'][-1]}")
+        write_summary(summary, args)
+        args.teachers_trained = [n for n in teachers if (args.work / n / "model.safetensors").is_file()]
+        if not args.teachers_trained:
+            log("no teacher checkpoint: stopping")
+            return
+        t0 = time.time()
+        summary["transfer_set"] = build_transfer(args)
+        summary["transfer_set"]["seconds"] = time.time() - t0
+        log(f"transfer set: {summary['transfer_set']}")
+        write_summary(summary, args)
+        if args.transfer_only:
+            bring_transfer_back(args)
+            summary["seconds"] = time.time() - started
+            write_summary(summary, args)
+            log(f"transfer set brought back; done in {summary['seconds']:.0f}s")
+            return
     status = launch(args.students, args, end)
     for name in args.students:
         summary["runs"].append(record(name, status[name], args))
