@@ -11,8 +11,8 @@
 #   fp32       v2 with full_model in float32 (--full-model-dtype float32), the same way
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
-#   bls5       v1 with 5 BLS instances, batches of 32 at concurrency 64 and 256
-#   fm6        v2 with 6 full_model instances, batches of 32 at concurrency 64 and 256
+#   blsN       (N one digit) v1 with N BLS instances, batches of 32 at concurrency 64 and 256
+#   fmN        v2 with N full_model instances per GPU, batches of 32 at concurrency 64 and 256
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
@@ -43,12 +43,12 @@ for step in ${STEPS:-default tokenizer profile}; do
     bls64)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh bls64 "$R" --bls-max-batch 64 ;;
-    bls5)
+    bls[0-9])
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
-        scripts/gpu/serve_bench.sh bls5 "$R" --bls-instances 5 ;;
-    fm6)
+        scripts/gpu/serve_bench.sh "$step" "$R" --bls-instances "${step#bls}" ;;
+    fm[0-9]*)
       WORKFLOWS=v2 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
-        scripts/gpu/serve_bench.sh fm6 "$R" --full-model-instances 6 ;;
+        scripts/gpu/serve_bench.sh "$step" "$R" --full-model-instances "${step#fm}" ;;
     http32)
       FROM=default WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=64,256,512 BENCH_OPTIONS="--http-threads 32" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http32 "$R" ;;
