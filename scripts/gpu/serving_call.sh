@@ -14,6 +14,7 @@
 #   blsN       (N one digit) v1 with N BLS instances, batches of 32 at concurrency 64 and 256
 #   fmN        v2 with N full_model instances per GPU, batches of 32 at concurrency 64 and 256
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
+#   http8      the default export's v2, single texts and batches of 32, with Triton's 8 HTTP threads
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
 #              kernels, with what is left
@@ -52,6 +53,9 @@ for step in ${STEPS:-default tokenizer profile}; do
     http32)
       FROM=default WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=64,256,512 BENCH_OPTIONS="--http-threads 32" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http32 "$R" ;;
+    http8)
+      FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 BENCH_OPTIONS="--http-threads 8" \
+        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http8 "$R" ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
