@@ -262,7 +262,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                             await asyncio.to_thread(wrk.warm_up, *args)
                             # wrk leaves its last requests in the server; the level starts without them.
                             if endpoint.metrics_url:
-                                await asyncio.to_thread(triton_stats.wait_until_drained, endpoint.metrics_url)
+                                await asyncio.to_thread(_try, triton_stats.wait_until_drained, endpoint.metrics_url)
                         else:
                             n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
                             untimed = [(workflow, t) for t in batches(texts, b, max(n_warm, c), start=most)]
