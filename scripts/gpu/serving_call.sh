@@ -15,6 +15,8 @@
 #   fmN        v2 with N full_model instances per GPU, batches of 32 at concurrency 64 and 256
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
 #   http8      the default export's v2, single texts and batches of 32, with Triton's 8 HTTP threads
+#   again      the default export's v2 benched as http8 is, with its own HTTP threads (after http8:
+#              the same comparison in the other order)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
 #              kernels, with what is left
@@ -56,6 +58,9 @@ for step in ${STEPS:-default tokenizer profile}; do
     http8)
       FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 BENCH_OPTIONS="--http-threads 8" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http8 "$R" ;;
+    again)
+      FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 \
+        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh again "$R" ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
