@@ -246,6 +246,11 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
 
     by_wrk, ceilings = load_client_kind(opts) == "wrk", {}
 
+    def drain() -> float | None:
+        """wrk leaves its last requests in the server: wait them out, so that a level neither
+        starts behind them nor counts them in the next level's statistics."""
+        return _try(triton_stats.wait_until_drained, endpoint.metrics_url) if endpoint.metrics_url else None
+
     async def serve_levels():
         async with load_client(opts, endpoint) as client:
             for b, plan in plans.items():
@@ -260,9 +265,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                         if by_wrk:
                             args = (endpoint.url, model_name(workflow), plan[:n], want[:n], eager.labels, c)
                             await asyncio.to_thread(wrk.warm_up, *args)
-                            # wrk leaves its last requests in the server; the level starts without them.
-                            if endpoint.metrics_url:
-                                await asyncio.to_thread(_try, triton_stats.wait_until_drained, endpoint.metrics_url)
+                            await asyncio.to_thread(drain)
                         else:
                             n_warm = opts.warmup if opts.warmup is not None else max(16, 2 * c)
                             untimed = [(workflow, t) for t in batches(texts, b, max(n_warm, c), start=most)]
@@ -277,11 +280,7 @@ def run_bench(opts: BenchOptions, endpoint: Endpoint, log=print, command: str | 
                             bar.update(n)
                         else:
                             run = await closed_loop_level(client, workflow, plan[:n], want, untimed, c, bar.update)
-                        drained_s = (
-                            _try(triton_stats.wait_until_drained, endpoint.metrics_url)
-                            if by_wrk and endpoint.metrics_url
-                            else None
-                        )
+                        drained_s = drain() if by_wrk else None
                         s1 = _try(triton_stats.model_stats, endpoint.http_url)
                         m1 = None
                         if workflow == "v1" and endpoint.metrics_url and m0 is not None and s0 and s1:

@@ -23,22 +23,15 @@ from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from distill_run import read_parts  # noqa: E402
 
 from moe.checkpoint import CONFIG, WEIGHTS, load_config  # noqa: E402
 from moe.data import DEFAULT_DATA, load_split, train_val_split  # noqa: E402
 from moe.upcycle import start_from_pretrained  # noqa: E402
 
 TOKEN_TABLE = "embedding.token.weight"
-
-
-def student_archive(back: Path, name: str) -> bytes:
-    whole = back / f"{name}.tar"
-    if whole.is_file():
-        return whole.read_bytes()
-    parts = sorted(back.glob(f"{name}.tar.part-*"))
-    if not parts:
-        raise SystemExit(f"{back}: nothing came back for {name}")
-    return b"".join(p.read_bytes() for p in parts)
 
 
 def extract(archive: bytes, out: Path) -> None:
@@ -78,7 +71,7 @@ def main() -> None:
         if run["name"].startswith("teacher") or run.get("weights_bytes") is None:
             continue
         name = run["name"]
-        extract(student_archive(args.back, name), args.out)
+        extract(read_parts(args.back / f"{name}.tar"), args.out)
         folder = args.out / name
         digest = run.get("token_table_sha256")
         if digest:

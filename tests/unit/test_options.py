@@ -117,3 +117,17 @@ def test_http_threads_are_the_exports_unless_asked(tmp_path):
     assert http_args(command("cpu")) == []
     assert http_args(command(None)) == []
     assert http_args(command(None, http_threads=16)) == ["--http-thread-count=16"]
+
+
+def test_gpu_host_stages_grow_with_the_cores():
+    """On a GPU host full_model gets 3/8 of the cores per GPU (at least 2) and the BLS 5/16 (at
+    least 1): 6 and 5 on the 16 cores where they were measured; the CPU keeps its fixed layout."""
+    from export.host_sizing import size_host_stages
+
+    sixteen = size_host_stages("cuda", 16, 64)
+    assert (sixteen.full_model_instances, sixteen.bls_instances, sixteen.tokenizer_instances) == (6, 5, 12)
+    two = size_host_stages("cuda", 2, 64)
+    assert (two.full_model_instances, two.bls_instances) == (2, 1)
+    assert size_host_stages("cuda", 32, 64).full_model_instances == 12
+    cpu = size_host_stages("cpu", 16, 64)
+    assert (cpu.full_model_instances, cpu.bls_instances) == (2, 1)
