@@ -10,7 +10,8 @@
 #   fp16       v2 with full_model in float16 (--full-model-dtype float16), the same way
 #   fp32       v2 with full_model in float32 (--full-model-dtype float32), the same way
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
-#   bls64      v1 with BLS batches of 64, batches of 32 at concurrency 64 and 256
+#   blsmbN     v1 with BLS batches of up to N texts (default 256), batches of 32 at concurrency
+#              64 and 256
 #   blsN       (N one digit) v1 with N BLS instances, batches of 32 at concurrency 64 and 256
 #   fmN        v2 with N full_model instances per GPU, batches of 32 at concurrency 64 and 256
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
@@ -43,9 +44,9 @@ for step in ${STEPS:-default tokenizer profile}; do
         scripts/gpu/serve_bench.sh fp16 "$R" --full-model-dtype float16 ;;
     fp32) WORKFLOWS=v2 timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh fp32 "$R" --full-model-dtype float32 ;;
     shapes) timeout 120 python3 scripts/gpu/half_shapes.py --out "$R/half_shapes.json" ;;
-    bls64)
+    blsmb[0-9]*)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
-        scripts/gpu/serve_bench.sh bls64 "$R" --bls-max-batch 64 ;;
+        scripts/gpu/serve_bench.sh "$step" "$R" --bls-max-batch "${step#blsmb}" ;;
     bls[0-9])
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh "$step" "$R" --bls-instances "${step#bls}" ;;

@@ -121,11 +121,13 @@ def test_http_threads_are_the_exports_unless_asked(tmp_path):
 
 def test_gpu_host_stages_grow_with_the_cores():
     """On a GPU host full_model gets 3/8 of the cores per GPU (at least 2) and the BLS 5/16 (at
-    least 1): 6 and 5 on the 16 cores where they were measured; the CPU keeps its fixed layout."""
+    least 1): 6 and 5 on the 16 cores where they were measured, the BLS with batches of up to 512
+    texts; the CPU keeps its fixed layout."""
     from export.host_sizing import size_host_stages
 
     sixteen = size_host_stages("cuda", 16, 64)
     assert (sixteen.full_model_instances, sixteen.bls_instances, sixteen.tokenizer_instances) == (6, 5, 12)
+    assert (sixteen.bls_max_batch, sixteen.full_model_max_batch) == (512, 256)
     two = size_host_stages("cuda", 2, 64)
     assert (two.full_model_instances, two.bls_instances) == (2, 1)
     assert size_host_stages("cuda", 32, 64).full_model_instances == 12
