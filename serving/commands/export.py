@@ -73,7 +73,7 @@ from .common import field_option, friendly_errors
     ExportOptions,
     "bls_max_batch",
     type=click.IntRange(min=1),
-    help="texts per execution of v1's BLS (default: --max-batch-size on the CPU, at least 256 on a GPU)",
+    help="texts per execution of v1's BLS (default: --max-batch-size on the CPU, at least 512 on a GPU)",
 )
 @field_option(
     ExportOptions,
