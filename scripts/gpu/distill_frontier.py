@@ -10,6 +10,9 @@ with today's bundled model from the same bench session and the original project'
 Prints the markdown table; NAME is a run of the summary, or "bundled". With several experiments,
 `--summary PREFIX=SUMMARY` each, and NAME is PREFIX/name; with several bench sessions, each
 `--bench SESSION:NAME=...`, its ratios taken against that session's bundled runs (the plot's axis).
+`--reference NAME` adds a run that was not benched (a teacher, over the size budget): a table row
+without throughput and, in the plot, a line at its test accuracy, since it has no place on the
+cost axis.
 """
 
 from __future__ import annotations
@@ -37,6 +40,13 @@ def main() -> None:
         default=[],
         metavar="[SESSION:]NAME=BENCH_JSON",
         help="one per model and bench round; a SESSION's ratios are taken against its own bundled runs",
+    )
+    ap.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a run of the summaries that was not benched: its test accuracy as a line in the plot",
     )
     ap.add_argument("--bundled-test", type=float, required=True, help="the bundled model's test accuracy")
     ap.add_argument("--bundled-bytes", type=int, required=True)
@@ -70,18 +80,33 @@ def main() -> None:
         tput = " / ".join(f"{v:.0f}" for v in values)
         ratio = " / ".join(f"{x:.2f}x" for x in ratios)
         print(f"| {session} | {name} | {val_s} | {test * 100:.2f} | {tput} | {ratio} | {size / 1e6:.1f} |")
+    references = [(name, runs[name]) for name in args.reference]
+    for name, r in references:
+        val, test, size = r["best_val_accuracy"] * 100, r["test_accuracy"] * 100, r["weights_bytes"] / 1e6
+        print(f"| | {name} | {val:.2f} | {test:.2f} | | | {size:.1f} |")
     if args.plot:
-        plot(rows, args.plot)
+        plot(rows, args.plot, references)
 
 
-def plot(rows: list, out: Path) -> None:
+def plot(rows: list, out: Path, references: list = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     prefixes = sorted({name.rpartition("/")[0] for _, name, *_ in rows if name != "bundled"})
-    fig, ax = plt.subplots(figsize=(8.5, 5))
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    # Teachers first, so the axis limits the labels are placed in already include them; each a
+    # line in the legend (they have no serving cost to place them by).
+    for i, (name, r) in enumerate(references):
+        ax.axhline(
+            r["test_accuracy"] * 100,
+            color=f"C{4 + i}",
+            ls="-.",
+            lw=0.9,
+            label=f"{name}: {r['test_accuracy'] * 100:.2f} % ({r['weights_bytes'] / 1e6:.0f} MB, not benched)",
+        )
+    points = []
     drawn_bundled = False
     for _, name, test, _, ratios, size, _ in rows:
         if name == "bundled":
@@ -93,19 +118,43 @@ def plot(rows: list, out: Path) -> None:
         color = "tab:gray" if name == "bundled" else f"C{prefixes.index(name.rpartition('/')[0])}"
         ax.scatter(x, test * 100, s=size / 1e6 * 6, color=color)
         label = "agnews-moe-small, from scratch" if name == "bundled" else name
-        ax.annotate(f"{label} ({size / 1e6:.0f} MB)", (x, test * 100), textcoords="offset points", xytext=(6, 4))
+        points.append((x, test * 100, f"{label} ({size / 1e6:.0f} MB)"))
     ax.axhline(ORIGINAL_CLAIM * 100, color="tab:red", ls="--", lw=1)
     ax.text(ax.get_xlim()[0], ORIGINAL_CLAIM * 100 + 0.05, " original project's claim, 92.2 %", color="tab:red")
     ax.axhline(93.5, color="tab:green", ls=":", lw=1)
     ax.text(ax.get_xlim()[0], 93.55, " target 93.5 %", color="tab:green")
     ax.axvline(0.67, color="tab:orange", ls=":", lw=1)
     ax.text(0.67, ax.get_ylim()[0] + 0.1, " 0.67x: cost target", color="tab:orange")
+    if references:
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.2), fontsize=8, title="teachers", title_fontsize=8)
     ax.set_xlabel("v2 texts/s at concurrency 64 / agnews-moe-small's in the same bench round (2-core CPU)")
     ax.set_ylabel("test accuracy % (7,600 texts)")
     ax.set_title("AG News: accuracy against serving cost (marker area ~ weights)")
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: they are placed by where the points land in the figure
+    place_labels(fig, ax, points)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
+
+
+def place_labels(fig, ax, points: list) -> None:
+    """Each point's label above right of it, or, where that would cover another point or label,
+    below right, above left or below left (models of one architecture sit close together)."""
+    renderer = fig.canvas.get_renderer()
+    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
+    sides = ((6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"), (-6, -4, "right", "top"))
+    placed = []
+    for i, (x, y, text) in enumerate(points):
+        others = [m for j, m in enumerate(markers) if j != i]
+        for dx, dy, ha, va in sides:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va)
+            box = label.get_window_extent(renderer).expanded(1.0, 1.1)
+            if not any(box.contains(*m) for m in others) and not any(box.overlaps(b) for b in placed):
+                break
+            label.remove()
+        else:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4))
+            box = label.get_window_extent(renderer)
+        placed.append(box)
 
 
 if __name__ == "__main__":
