@@ -96,7 +96,7 @@ def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tm
     assert "count: 2 kind: KIND_CPU" in config["postprocessing"]
     assert "count: 3 kind: KIND_GPU gpus: [ 0 ]" in config["moe_bls"]
     assert "count: 6 kind: KIND_GPU gpus: [ 0, 1 ]" in config["full_model"]
-    assert "max_batch_size: 256" in config["full_model"] and "max_batch_size: 256" in config["moe_bls"]
+    assert "max_batch_size: 256" in config["full_model"] and "max_batch_size: 512" in config["moe_bls"]
     assert "max_batch_size: 64" in config["tokenizer"]
     # On the CPU: the layout measured best on two cores, the library's own tokenizer pool.
     cpu = export_repository(
