@@ -8,7 +8,7 @@ fast path; not re-sized since), five sixteenths to BLS instances taking batches 
 texts, and three eighths to full_model instances per GPU, each of which is one host thread
 launching kernels one after another (on an H200 with 16 cores, 6 full_model instances served
 v2's batches of 32 1.3-1.4x faster than 4, and 5 BLS instances v1's 1.25x faster than 4; as
-the default export on H100s, v2 113,000-133,000 texts/s; docs/gpu_serving.md). full_model
+the default export on H100s, v2 105,000-133,000 texts/s and v1 32,847; docs/gpu_serving.md). full_model
 takes batches of up to 256 texts, since its time per execution grows far slower than its texts
 (on the H200: 3.7 ms for 32 texts, 14.6 ms for 254). On the CPU the stages keep the layout
 measured best on two cores (docs/benchmarks.md): one tokenizer with the library's own thread

@@ -10,8 +10,8 @@
 #   fp16       v2 with full_model in float16 (--full-model-dtype float16), the same way
 #   fp32       v2 with full_model in float32 (--full-model-dtype float32), the same way
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
-#   blsmbN     v1 with BLS batches of up to N texts (default 256), batches of 32 at concurrency
-#              64 and 256
+#   blsmbN     v1 with BLS batches of up to N texts (the GPU default: 512), batches of 32 at
+#              concurrency 64 and 256
 #   blsN       (N one digit) v1 with N BLS instances, batches of 32 at concurrency 64 and 256
 #   fmN        v2 with N full_model instances per GPU, batches of 32 at concurrency 64 and 256
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
@@ -56,12 +56,11 @@ for step in ${STEPS:-default tokenizer profile}; do
     http32)
       FROM=default WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=64,256,512 BENCH_OPTIONS="--http-threads 32" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http32 "$R" ;;
-    http8)
-      FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 BENCH_OPTIONS="--http-threads 8" \
-        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh http8 "$R" ;;
-    again)
-      FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 \
-        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh again "$R" ;;
+    http8|again)
+      threads=""
+      [ "$step" = http8 ] && threads="--http-threads 8"
+      FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 BENCH_OPTIONS="$threads" \
+        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
