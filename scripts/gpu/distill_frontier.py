@@ -12,7 +12,7 @@ Prints the markdown table; NAME is a run of the summary, or "bundled". With seve
 `--bench SESSION:NAME=...`, its ratios taken against that session's bundled runs (the plot's axis).
 `--reference NAME` adds a run that was not benched (a teacher, over the size budget): a table row
 without throughput and, in the plot, a line at its test accuracy, since it has no place on the
-cost axis.
+cost axis. A model benched in several sessions is one point in the plot, its ratios pooled.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--bundled-test", type=float, required=True, help="the bundled model's test accuracy")
     ap.add_argument("--bundled-bytes", type=int, required=True)
     ap.add_argument("--plot", type=Path)
+    ap.add_argument("--default", help="the run that ships as the product's default: ringed and named in the plot")
     args = ap.parse_args()
     runs = {}
     for item in args.summary:
@@ -85,10 +86,10 @@ def main() -> None:
         val, test, size = r["best_val_accuracy"] * 100, r["test_accuracy"] * 100, r["weights_bytes"] / 1e6
         print(f"| | {name} | {val:.2f} | {test:.2f} | | | {size:.1f} |")
     if args.plot:
-        plot(rows, args.plot, references)
+        plot(rows, args.plot, references, args.default)
 
 
-def plot(rows: list, out: Path, references: list = ()) -> None:
+def plot(rows: list, out: Path, references: list = (), default: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,19 +107,23 @@ def plot(rows: list, out: Path, references: list = ()) -> None:
             lw=0.9,
             label=f"{name}: {r['test_accuracy'] * 100:.2f} % ({r['weights_bytes'] / 1e6:.0f} MB, not benched)",
         )
-    points = []
-    drawn_bundled = False
+    # One point per model: a model benched in several sessions pools its ratios (each already
+    # taken within its own round), and the whisker spans every round.
+    models: dict[str, tuple[float, int, list[float]]] = {}
     for _, name, test, _, ratios, size, _ in rows:
-        if name == "bundled":
-            if drawn_bundled:
-                continue  # 1.0x by definition in every session
-            drawn_bundled = True
+        models.setdefault(name, (test, size, []))[2].extend(ratios)
+    points = []
+    for name, (test, size, ratios) in models.items():
         x = sum(ratios) / len(ratios)
         ax.errorbar(x, test * 100, xerr=[[x - min(ratios)], [max(ratios) - x]], color="lightgray", zorder=0)
         color = "tab:gray" if name == "bundled" else f"C{prefixes.index(name.rpartition('/')[0])}"
-        ax.scatter(x, test * 100, s=size / 1e6 * 6, color=color)
+        is_default = name == default
+        ax.scatter(
+            x, test * 100, s=size / 1e6 * 6, color=color, edgecolors="black" if is_default else "none", linewidths=1.5
+        )
         label = "agnews-moe-small, from scratch" if name == "bundled" else name
-        points.append((x, test * 100, f"{label} ({size / 1e6:.0f} MB)"))
+        label += " (bundled)" if is_default else ""
+        points.append((x, test * 100, f"{label} ({size / 1e6:.0f} MB)", size / 1e6 * 6))
     ax.axhline(ORIGINAL_CLAIM * 100, color="tab:red", ls="--", lw=1)
     ax.text(ax.get_xlim()[0], ORIGINAL_CLAIM * 100 + 0.05, " original project's claim, 92.2 %", color="tab:red")
     ax.axhline(93.5, color="tab:green", ls=":", lw=1)
@@ -137,22 +142,37 @@ def plot(rows: list, out: Path, references: list = ()) -> None:
 
 
 def place_labels(fig, ax, points: list) -> None:
-    """Each point's label above right of it, or, where that would cover another point or label,
-    below right, above left or below left (models of one architecture sit close together)."""
+    """Each point's label above right of it, or, where that would touch another marker or label,
+    the nearest free place around it, tied to the point by a thin line once it moves away
+    (models of one architecture sit close together)."""
+    from matplotlib.transforms import Bbox
+
     renderer = fig.canvas.get_renderer()
-    markers = [ax.transData.transform((x, y)) for x, y, _ in points]
-    sides = ((6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"), (-6, -4, "right", "top"))
+    px_per_pt = fig.dpi / 72
+    markers = []
+    for x, y, _, area in points:
+        cx, cy = ax.transData.transform((x, y))
+        r = (area / 3.1416) ** 0.5 * px_per_pt + 2  # scatter's s is the marker's area in pt²
+        markers.append(Bbox([[cx - r, cy - r], [cx + r, cy + r]]))
+    sides = [
+        (dx, dy, "left" if dx > 0 else "right", "bottom" if dy > 0 else "top")
+        for dy in (4, -4, 16, -16, 28, -28)
+        for dx in (8, -8)
+    ]
     placed = []
-    for i, (x, y, text) in enumerate(points):
+    for i, (x, y, text, _) in enumerate(points):
         others = [m for j, m in enumerate(markers) if j != i]
         for dx, dy, ha, va in sides:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va)
+            leader = {"arrowstyle": "-", "color": "gray", "lw": 0.6} if abs(dy) > 4 else None
+            label = ax.annotate(
+                text, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, arrowprops=leader
+            )
             box = label.get_window_extent(renderer).expanded(1.0, 1.1)
-            if not any(box.contains(*m) for m in others) and not any(box.overlaps(b) for b in placed):
+            if not any(box.overlaps(m) for m in others) and not any(box.overlaps(b) for b in placed):
                 break
             label.remove()
         else:
-            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4))
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(8, 4))
             box = label.get_window_extent(renderer)
         placed.append(box)
 
