@@ -107,13 +107,8 @@ def plot(rows: list, out: Path, references: list = (), default: str | None = Non
             lw=0.9,
             label=f"{name}: {r['test_accuracy'] * 100:.2f} % ({r['weights_bytes'] / 1e6:.0f} MB, not benched)",
         )
-    # One point per model: a model benched in several sessions pools its ratios (each already
-    # taken within its own round), and the whisker spans every round.
-    models: dict[str, tuple[float, int, list[float]]] = {}
-    for _, name, test, _, ratios, size, _ in rows:
-        models.setdefault(name, (test, size, []))[2].extend(ratios)
     points = []
-    for name, (test, size, ratios) in models.items():
+    for name, (test, size, ratios) in pool_sessions(rows).items():
         x = sum(ratios) / len(ratios)
         ax.errorbar(x, test * 100, xerr=[[x - min(ratios)], [max(ratios) - x]], color="lightgray", zorder=0)
         color = "tab:gray" if name == "bundled" else f"C{prefixes.index(name.rpartition('/')[0])}"
@@ -141,10 +136,19 @@ def plot(rows: list, out: Path, references: list = (), default: str | None = Non
     fig.savefig(out, dpi=120)
 
 
-def place_labels(fig, ax, points: list) -> None:
+def pool_sessions(rows: list) -> dict[str, tuple[float, int, list[float]]]:
+    """One plotted point per model: a model benched in several sessions pools its ratios (each
+    already taken within its own round), and its whisker spans every round."""
+    models: dict[str, tuple[float, int, list[float]]] = {}
+    for _, name, test, _, ratios, size, _ in rows:
+        models.setdefault(name, (test, size, []))[2].extend(ratios)
+    return models
+
+
+def place_labels(fig, ax, points: list) -> list:
     """Each point's label above right of it, or, where that would touch another marker or label,
     the nearest free place around it, tied to the point by a thin line once it moves away
-    (models of one architecture sit close together)."""
+    (models of one architecture sit close together). Returns the labels' boxes, in pixels."""
     from matplotlib.transforms import Bbox
 
     renderer = fig.canvas.get_renderer()
@@ -175,6 +179,7 @@ def place_labels(fig, ax, points: list) -> None:
             label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(8, 4))
             box = label.get_window_extent(renderer)
         placed.append(box)
+    return placed
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine, after `source scripts/gpu/setup.sh`: one export of the bundled checkpoint,
 # its answers checked (v1 = v2 = eager on 1,000 test texts), then `moe bench` with wrk (single
-# texts and batches of 32) while GPU utilisation and each process's CPU are sampled.
+# texts and batches of 32) while GPU utilisation, each process's CPU and tritonserver's CPU by
+# thread (thread_cpu.py) are sampled.
 #
 #   scripts/gpu/serve_bench.sh NAME RESULTS [EXPORT OPTIONS ...]
 #     e.g. scripts/gpu/serve_bench.sh default $OUT/results
@@ -41,10 +42,12 @@ nvidia-smi dmon -s u -d 1 > "$RESULTS/gpu-util-$NAME.txt" 2>&1 &
 dmon=$!
 top -b -d 5 -w 250 > "$RESULTS/top-$NAME.txt" 2>&1 &
 topp=$!
+python3 scripts/gpu/thread_cpu.py --name tritonserver --interval 4 --out "$RESULTS/thread-cpu-$NAME.json" &
+threadp=$!
 timeout 400 python3 -m serving.cli bench --repository "$repo" --device cuda --load-client wrk \
   --workflows "${WORKFLOWS:-v2,v1}" --batch-size "${BATCH_SIZES:-1,32}" --concurrency "${CONCURRENCY:-1,64,256}" \
   --level-seconds "${SECONDS_PER_LEVEL:-5}" --targets gpu --no-plots --out "$RESULTS/bench-$NAME" \
   --server-log "$RESULTS/tritonserver-$NAME.log" ${BENCH_OPTIONS:-} > "$RESULTS/bench-$NAME.log" 2>&1
 echo "bench exit $?"
-kill $dmon $topp 2>/dev/null
+kill $dmon $topp $threadp 2>/dev/null
 grep "^| " "$RESULTS/bench-$NAME.log" | head -30

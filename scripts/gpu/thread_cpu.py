@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Where a process's CPU goes, by thread: samples /proc/PID/task/*/stat of the newest process
+named NAME every INTERVAL seconds and writes, per window, the cores each thread name used
+(threads of one name summed: Triton names its HTTP workers, model instances and backend
+threads), beside the whole host's busy cores. `top` shows the process at 700 %; this says which
+of its threads spend it.
+
+    python3 scripts/gpu/thread_cpu.py --name tritonserver --interval 4 --out thread_cpu.json &
+
+Runs until killed (SIGTERM writes the file) or for --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def newest_pid(name: str) -> int | None:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == name:
+                    found.append((entry.stat().st_mtime, int(entry.name)))
+            except OSError:
+                continue
+    return max(found)[1] if found else None
+
+
+def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
+    """Each thread's name and its user + system clock ticks so far."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue
+        # The name sits in parentheses and may hold spaces; the fields after it are fixed.
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[int(task.name)] = (name, int(fields[11]) + int(fields[12]))
+    return out
+
+
+def host_busy_ticks() -> tuple[int, int]:
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def window(before: dict, after: dict, seconds: float) -> dict:
+    """Cores used per thread name between two samples, busiest first."""
+    by_name: dict[str, float] = defaultdict(float)
+    threads: dict[str, int] = defaultdict(int)
+    for tid, (name, ticks) in after.items():
+        used = ticks - (before[tid][1] if tid in before else 0)  # a new thread: all its ticks
+        # Numbered siblings (e.g. a pool's "worker-3") are one group.
+        group = re.sub(r"[0-9]+$", "#", name)
+        by_name[group] += used / TICKS / seconds
+        threads[group] += 1
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1])
+    return {
+        "process_cores": round(sum(by_name.values()), 3),
+        "by_thread_name": [{"name": n, "threads": threads[n], "cores": round(c, 3)} for n, c in ranked if c >= 0.005],
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", default="tritonserver", help="the process's name (/proc/PID/comm)")
+    ap.add_argument("--interval", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=None, help="stop after this long (default: when killed)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    windows: list[dict] = []
+
+    def write(*_: object) -> None:
+        args.out.write_text(json.dumps({"name": args.name, "cores": os.cpu_count(), "windows": windows}, indent=1))
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, write)
+    start = time.monotonic()
+    pid, before, host_before, t_before = None, {}, host_busy_ticks(), time.monotonic()
+    while args.seconds is None or time.monotonic() - start < args.seconds:
+        time.sleep(args.interval)
+        now_pid = newest_pid(args.name)
+        if now_pid != pid:  # a new server (the bench starts one per run): start over on it
+            pid, before = now_pid, thread_ticks(now_pid) if now_pid else {}
+            host_before, t_before = host_busy_ticks(), time.monotonic()
+            continue
+        try:
+            after = thread_ticks(pid)
+        except OSError:
+            pid = None
+            continue
+        host_after, t_after = host_busy_ticks(), time.monotonic()
+        seconds = t_after - t_before
+        record = window(before, after, seconds)
+        record["at"] = time.strftime("%H:%M:%S")
+        record["host_busy_cores"] = round(
+            (host_after[0] - host_before[0]) / max(1, host_after[1] - host_before[1]) * os.cpu_count(), 2
+        )
+        windows.append(record)
+        before, host_before, t_before = after, host_after, t_after
+    write()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
