@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Where a process's CPU goes, by thread: samples /proc/PID/task/*/stat of the newest process
 named NAME every INTERVAL seconds and writes, per window, the cores each thread name used
-(threads of one name summed: Triton names its HTTP workers, model instances and backend
-threads), beside the whole host's busy cores. `top` shows the process at 700 %; this says which
+(numbered siblings summed), the busiest threads one by one and how many are busy, beside the
+whole host's busy cores. `top` shows the process at 700 %; this says which
 of its threads spend it.
 
     python3 scripts/gpu/thread_cpu.py --name tritonserver --interval 4 --out thread_cpu.json &
@@ -69,9 +69,17 @@ def window(before: dict, after: dict, seconds: float) -> dict:
         by_name[group] += used / TICKS / seconds
         threads[group] += 1
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1])
+    # Where threads share one name (tritonserver names none of its own), how the load spreads
+    # over them tells a few saturated threads (a serial stage, a spin-wait) from many light ones.
+    per_thread = sorted(
+        ((ticks - (before[tid][1] if tid in before else 0)) / TICKS / seconds for tid, (_, ticks) in after.items()),
+        reverse=True,
+    )
     return {
         "process_cores": round(sum(by_name.values()), 3),
         "by_thread_name": [{"name": n, "threads": threads[n], "cores": round(c, 3)} for n, c in ranked if c >= 0.005],
+        "busiest_threads": [round(c, 3) for c in per_thread[:16]],
+        "threads_over": {f">={x}": sum(c >= x for c in per_thread) for x in (0.05, 0.25, 0.5, 0.9)},
     }
 
 
