@@ -100,6 +100,11 @@ class ServerOptions:
     # Threads of Triton's HTTP front end, which parse each request's JSON and write its answer
     # (None: as the export sized them for its host, http_thread_args).
     http_threads: int | None = None
+    # Triton's request trace (timestamps of each sampled request and of the model executions
+    # it makes, ensemble steps included) written to this JSON file; bench/trace.py reads it.
+    trace_file: Path | None = None
+    # Trace one request in this many.
+    trace_rate: int = 100
     extra_args: list[str] = field(default_factory=list)
     log_verbose: int = 0
     # Seconds start() waits for every model to be ready.
@@ -183,8 +188,18 @@ class TritonServer:
             f"--log-verbose={o.log_verbose}",
             *self.cuda_pool_args(),
             *self.http_thread_args(),
+            *self.trace_args(),
         ]
         return cmd + list(o.extra_args)
+
+    def trace_args(self) -> list[str]:
+        if self.opts.trace_file is None:
+            return []
+        return [
+            f"--trace-config=triton,file={Path(self.opts.trace_file).resolve()}",
+            f"--trace-config=rate={self.opts.trace_rate}",
+            "--trace-config=level=TIMESTAMPS",
+        ]
 
     @property
     def http_threads(self) -> int | None:

@@ -18,6 +18,8 @@
 #   http8      the default export's v2, single texts and batches of 32, with Triton's 8 HTTP threads
 #   again      the default export's v2 benched as http8 is, with its own HTTP threads (after http8:
 #              the same comparison in the other order)
+#   trace      the default export's v2, single texts at one level (TRACE_CONCURRENCY, default 192),
+#              one request in 50 traced by Triton: where each one's time goes (bench/trace.py)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
 #              kernels, with what is left
@@ -61,6 +63,10 @@ for step in ${STEPS:-default tokenizer profile}; do
       [ "$step" = http8 ] && threads="--http-threads 8"
       FROM=default WORKFLOWS=v2 BATCH_SIZES=1,32 CONCURRENCY=64,256 BENCH_OPTIONS="$threads" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" ;;
+    trace)
+      WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=${TRACE_CONCURRENCY:-192} CHECK=0 BENCH_OPTIONS="--trace-rate 50" \
+        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh trace "$R"
+      cat "$R/bench-trace/trace.md" ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \

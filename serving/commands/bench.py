@@ -4,6 +4,7 @@ there; a server on free ports unless --url names a running one."""
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import click
 
 from bench.options import DEFAULT_OUT, LOAD_CLIENTS, BenchOptions, Endpoint
+from moe.errors import MoEError
 
 from ..server import ServerOptions, local_server
 from .common import field_option, friendly_errors
@@ -28,7 +30,12 @@ def running_endpoint(url: str, protocol: str, metrics_url: str | None) -> Endpoi
 
 @contextlib.contextmanager
 def started_endpoint(
-    opts: BenchOptions, repository: Path | None, torch_threads: int, http_threads: int | None, server_log: Path | None
+    opts: BenchOptions,
+    repository: Path | None,
+    torch_threads: int,
+    http_threads: int | None,
+    server_log: Path | None,
+    trace_rate: int = 0,
 ):
     """A server this command starts (exporting the checkpoint first if no repository is given),
     as an Endpoint with its cold start and memory."""
@@ -39,8 +46,14 @@ def started_endpoint(
         click.echo(f"exporting {opts.checkpoint or 'the bundled checkpoint'} to {repository}")
         export_repository(opts.checkpoint, repository, ExportOptions(), progress=False, log=lambda *_: None)
     started = time.monotonic()
+    trace = dict(trace_file=Path(opts.out) / "trace.json", trace_rate=trace_rate) if trace_rate else {}
     with local_server(
-        repository, torch_threads=torch_threads, http_threads=http_threads, ready_timeout_s=300, keep_log=server_log
+        repository,
+        torch_threads=torch_threads,
+        http_threads=http_threads,
+        ready_timeout_s=300,
+        keep_log=server_log,
+        **trace,
     ) as server:
         cold = time.monotonic() - started
         click.echo(f"all models ready {cold:.1f}s after launch")
@@ -113,9 +126,17 @@ def started_endpoint(
 )
 @field_option(BenchOptions, "targets", type=click.Choice(["cpu", "gpu"]), help="which targets the report checks")
 @click.option("--server-log", type=click.Path(path_type=Path), help="keep the log of the server the bench starts here")
+@click.option(
+    "--trace-rate",
+    type=click.IntRange(min=0),
+    default=0,
+    help="trace one request in N through the server the bench starts (0: none): OUT/trace.json and, "
+    "after it stops, where each traced request's time went in OUT/trace.md; every level is traced, "
+    "so bench one level to compare it with that level's latency",
+)
 @click.option("--no-plots", is_flag=True)
 @friendly_errors
-def bench(url, out, repository, metrics_url, torch_threads, http_threads, server_log, no_plots, **options):
+def bench(url, out, repository, metrics_url, torch_threads, http_threads, server_log, trace_rate, no_plots, **options):
     """Served throughput and latency of v1 and v2 against the in-process eager model."""
     from bench.served import run_bench
 
@@ -123,11 +144,22 @@ def bench(url, out, repository, metrics_url, torch_threads, http_threads, server
     args = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else []
     command = " ".join(["moe bench", *map(shlex.quote, args)])
     if url is not None:
+        if trace_rate:
+            raise MoEError("--trace-rate traces the server the bench starts; with --url, start yours with --trace-file")
         endpoint = contextlib.nullcontext(running_endpoint(url, opts.protocol, metrics_url))
     else:
-        endpoint = started_endpoint(opts, repository, torch_threads, http_threads, server_log)
+        endpoint = started_endpoint(opts, repository, torch_threads, http_threads, server_log, trace_rate)
     with endpoint as where:
         result = run_bench(opts, where, log=click.echo, command=command)
     out = Path(opts.out)
     click.echo((out / "bench.md").read_text())
-    click.echo(f"results in {out}: {', '.join(result.get('files', []))}")
+    files = result.get("files", [])
+    if trace_rate:  # Triton writes the trace as it shuts down
+        from bench.trace import load_traces, markdown, summarize
+
+        summary = summarize(load_traces(out / "trace.json"))
+        (out / "trace-summary.json").write_text(json.dumps(summary, indent=1))
+        (out / "trace.md").write_text(markdown(summary))
+        click.echo(markdown(summary))
+        files += ["trace.json", "trace-summary.json", "trace.md"]
+    click.echo(f"results in {out}: {', '.join(files)}")

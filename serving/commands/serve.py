@@ -121,6 +121,14 @@ def wait_for_signal(server: TritonServer) -> None:
     help="threads of Triton's HTTP front end (default: as the export sized them, twice the cores of "
     "a GPU host; Triton's 8 for a CPU export)",
 )
+@field_option(
+    ServerOptions,
+    "trace_file",
+    type=click.Path(path_type=Path),
+    help="write Triton's request trace here (timestamps of sampled requests and their ensemble "
+    "steps; written at shutdown; `python -m bench.trace FILE` summarises it)",
+)
+@field_option(ServerOptions, "trace_rate", type=click.IntRange(min=1), help="with --trace-file: trace one request in N")
 @click.option(
     "--classify",
     "sample_text",

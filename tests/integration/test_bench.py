@@ -268,3 +268,31 @@ def test_wrk_levels_start_on_a_drained_server(tiny_checkpoint, data_dir, tmp_pat
     finally:
         server.stop()
         server.cleanup()
+
+
+def test_bench_traces_requests_and_their_steps_add_up_to_the_ensemble(
+    tiny_repository, tiny_checkpoint, data_dir, tmp_path
+):
+    """`moe bench --trace-rate 1` traces every request through a real tritonserver; for v2 the
+    summary's steps (hand-overs, queues, compute) account for the ensemble's time."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "traced"
+    r = run_cli(
+        "bench", "--repository", tiny_repository, "--checkpoint", tiny_checkpoint, "--data", data_dir,
+        "--workflows", "v2", "--concurrency", "2", "--requests", "40", "--load-client", "raw",
+        "--batched-baseline", "0", "--no-plots", "--trace-rate", "1", "--out", out,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((out / "trace-summary.json").read_text())["moe_v2"]
+    assert rows["tokenizer: queue"]["n"] >= 40 and rows["full_model: queue"]["n"] >= 40
+    on_path = [
+        f"{model}: {part}"
+        for model in ("tokenizer", "full_model")
+        for part in ("hand-over before it", "queue", "compute: inputs", "compute: infer")
+    ] + ["ensemble: after its last step"]
+    steps = sum(rows[name]["mean_ms"] for name in on_path)
+    whole = rows["ensemble (or model): request to response"]["mean_ms"]
+    assert abs(steps - whole) <= 0.05 * whole + 0.05, (steps, whole)
+    assert rows["server: first byte read to last byte written"]["mean_ms"] >= whole
+    assert "moe_v2" in (out / "trace.md").read_text()
