@@ -61,6 +61,8 @@ def test_load_mixed_workflows_every_answer_checked(server, tiny_checkpoint, data
 def own_server(tiny_repository):
     s = start_server(tiny_repository)
     yield s
+    if s.process.poll() is not None:  # it died under the test: its log says why (shown on failure)
+        print(f"tritonserver exited with {s.process.returncode}; its log ends:\n{s.log_text()[-4000:]}")
     s.stop()
     s.cleanup()
 
