@@ -58,8 +58,9 @@ STEP_SEGMENTS = (
     ("queue", "QUEUE_START", "COMPUTE_START"),
     ("compute: inputs", "COMPUTE_START", "COMPUTE_INPUT_END"),
     ("compute: infer", "COMPUTE_INPUT_END", "COMPUTE_OUTPUT_START"),
-    # A step's answer goes on to the next step while its outputs are written (the Python backend
-    # sends it before execute() returns), and the request is released after: beside what follows.
+    # A step's answer goes on to the next step while its outputs are still being finished (the
+    # backend sends the response before its execution ends), and the request is released after:
+    # beside what follows.
     ("outputs and release (beside what follows)", "COMPUTE_OUTPUT_START", "REQUEST_END"),
 )
 # Where a step's answer can first move on: the hand-over to the next step is counted from here.
