@@ -20,16 +20,8 @@ from bench.load import batches, closed_loop
 from bench.raw_http import RawHttpClient
 from moe.data import DEFAULT_DATA, load_split
 from moe_client import AsyncMoEClient
-from serving.processes import process_tree
+from serving.processes import cpu_seconds, process_tree
 from serving.server import ServerOptions, TritonServer, free_ports
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

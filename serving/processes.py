@@ -1,16 +1,49 @@
-"""Accounting of a process tree from /proc and nvidia-smi: which processes, their memory."""
+"""Accounting of a process tree from /proc and nvidia-smi: which processes, their memory and CPU."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def stat_fields(path: Path) -> tuple[str, list[str]]:
+    """A /proc/.../stat file as its name and the fields after it: `pid (comm) state ppid ...`,
+    comm may hold spaces and parentheses. Raises OSError once the process or thread is gone."""
+    text = path.read_text()
+    return text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :].split()
+
+
+def _cpu(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process; 0 once it is gone."""
+    try:
+        return _cpu(stat_fields(Path(f"/proc/{pid}/stat"))[1])
+    except OSError:
+        return 0.0
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, tuple[str, float]]:
+    """Each thread of a process: its name and CPU seconds so far (threads gone meanwhile left out)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, fields = stat_fields(task / "stat")
+        except OSError:
+            continue
+        out[int(task.name)] = (name, _cpu(fields))
+    return out
+
 
 def _proc_stat_parent(pid: int) -> int | None:
     try:
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses.
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        return int(stat_fields(Path(f"/proc/{pid}/stat"))[1][1])
     except (OSError, IndexError, ValueError):
         return None
 

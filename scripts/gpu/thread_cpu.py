@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-TICKS = os.sysconf("SC_CLK_TCK")
+from serving.processes import thread_cpu_seconds
 
 
 def newest_pid(name: str) -> int | None:
@@ -37,21 +37,6 @@ def newest_pid(name: str) -> int | None:
     return max(found)[1] if found else None
 
 
-def thread_ticks(pid: int) -> dict[int, tuple[str, int]]:
-    """Each thread's name and its user + system clock ticks so far."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue
-        # The name sits in parentheses and may hold spaces; the fields after it are fixed.
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()
-        out[int(task.name)] = (name, int(fields[11]) + int(fields[12]))
-    return out
-
-
 def host_busy_ticks() -> tuple[int, int]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
@@ -59,24 +44,21 @@ def host_busy_ticks() -> tuple[int, int]:
 
 
 def window(before: dict, after: dict, seconds: float) -> dict:
-    """Cores used per thread name between two samples, busiest first."""
+    """Cores used per thread name between two samples, busiest first, and per thread."""
+    # A thread new since `before` counts all its seconds.
+    used = {tid: (cpu - (before[tid][1] if tid in before else 0.0)) / seconds for tid, (_, cpu) in after.items()}
     by_name: dict[str, float] = defaultdict(float)
     threads: dict[str, int] = defaultdict(int)
-    for tid, (name, ticks) in after.items():
-        used = ticks - (before[tid][1] if tid in before else 0)  # a new thread: all its ticks
-        # Numbered siblings (e.g. a pool's "worker-3") are one group.
-        group = re.sub(r"[0-9]+$", "#", name)
-        by_name[group] += used / TICKS / seconds
+    for tid, (name, _) in after.items():
+        group = re.sub(r"[0-9]+$", "#", name)  # numbered siblings (a pool's "worker-3") are one group
+        by_name[group] += used[tid]
         threads[group] += 1
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1])
     # Where threads share one name (tritonserver names none of its own), how the load spreads
     # over them tells a few saturated threads (a serial stage, a spin-wait) from many light ones.
-    per_thread = sorted(
-        ((ticks - (before[tid][1] if tid in before else 0)) / TICKS / seconds for tid, (_, ticks) in after.items()),
-        reverse=True,
-    )
+    per_thread = sorted(used.values(), reverse=True)
     return {
-        "process_cores": round(sum(by_name.values()), 3),
+        "process_cores": round(sum(used.values()), 3),
         "by_thread_name": [{"name": n, "threads": threads[n], "cores": round(c, 3)} for n, c in ranked if c >= 0.005],
         "busiest_threads": [round(c, 3) for c in per_thread[:16]],
         "threads_over": {f">={x}": sum(c >= x for c in per_thread) for x in (0.05, 0.25, 0.5, 0.9)},
@@ -104,11 +86,11 @@ def main() -> int:
         time.sleep(args.interval)
         now_pid = newest_pid(args.name)
         if now_pid != pid:  # a new server (the bench starts one per run): start over on it
-            pid, before = now_pid, thread_ticks(now_pid) if now_pid else {}
+            pid, before = now_pid, thread_cpu_seconds(now_pid) if now_pid else {}
             host_before, t_before = host_busy_ticks(), time.monotonic()
             continue
         try:
-            after = thread_ticks(pid)
+            after = thread_cpu_seconds(pid)
         except OSError:
             pid = None
             continue

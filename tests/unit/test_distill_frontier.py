@@ -3,9 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
+import matplotlib
 
-matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "distill_frontier.py"

@@ -1,4 +1,4 @@
-"""thread_cpu.py's arithmetic: clock ticks per thread become cores per thread name."""
+"""thread_cpu.py's arithmetic: CPU seconds per thread become cores per thread name."""
 
 import importlib.util
 import os
@@ -6,17 +6,18 @@ import threading
 import time
 from pathlib import Path
 
+from serving.processes import thread_cpu_seconds
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "thread_cpu.py"
 spec = importlib.util.spec_from_file_location("thread_cpu", SCRIPT)
 thread_cpu = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(thread_cpu)
 
 
-def test_numbered_threads_are_one_group_and_a_new_thread_counts_all_its_ticks():
-    tick = thread_cpu.TICKS
-    before = {1: ("tritonserver", 0), 2: ("worker-1", 10 * tick), 3: ("worker-2", 0)}
-    after = {1: ("tritonserver", 1 * tick), 2: ("worker-1", 12 * tick), 3: ("worker-2", 2 * tick)}
-    after[4] = ("worker-3", 2 * tick)  # started between the samples
+def test_numbered_threads_are_one_group_and_a_new_thread_counts_all_its_seconds():
+    before = {1: ("tritonserver", 0.0), 2: ("worker-1", 10.0), 3: ("worker-2", 0.0)}
+    after = {1: ("tritonserver", 1.0), 2: ("worker-1", 12.0), 3: ("worker-2", 2.0)}
+    after[4] = ("worker-3", 2.0)  # started between the samples
     record = thread_cpu.window(before, after, seconds=2.0)
     groups = {g["name"]: g for g in record["by_thread_name"]}
     assert groups["worker-#"] == {"name": "worker-#", "threads": 3, "cores": 3.0}
@@ -34,8 +35,8 @@ def test_a_spinning_thread_of_this_process_is_seen_busy():
 
     worker = threading.Thread(target=spin, name="spinner")
     worker.start()
-    before, t0 = thread_cpu.thread_ticks(os.getpid()), time.monotonic()
-    time.sleep(1.0)  # sampled while it runs: a finished thread leaves /proc with its ticks
-    record = thread_cpu.window(before, thread_cpu.thread_ticks(os.getpid()), time.monotonic() - t0)
+    before, t0 = thread_cpu_seconds(os.getpid()), time.monotonic()
+    time.sleep(1.0)  # sampled while it runs: a finished thread leaves /proc with its seconds
+    record = thread_cpu.window(before, thread_cpu_seconds(os.getpid()), time.monotonic() - t0)
     worker.join()
     assert record["process_cores"] > 0.5, record
