@@ -45,6 +45,7 @@ VARIANTS = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
     "fp32-dense": torch.float32,
+    "fp16-dense": torch.float16,
     "fp32-groups64": torch.float32,
 }
 
@@ -76,7 +77,7 @@ class DenseExperts(nn.Module):
 
 
 def variant_model(model, name: str):
-    model = copy.deepcopy(model).to(VARIANTS.get(name, VARIANTS.get(name.split("-groups")[0]))).eval()
+    model = copy.deepcopy(model).to(VARIANTS[name.split("-groups")[0]]).eval()
     if name.endswith("-dense"):
         for block in model.blocks:
             block.moe = DenseExperts(block.moe)

@@ -22,7 +22,8 @@
 #              one request in 50 traced by Triton: where each one's time goes (bench/trace.py)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
-#              kernels, with what is left
+#              kernels, with what is left (PROFILE_BATCHES, PROFILE_THREADS, PROFILE_SECONDS: the
+#              script's --batches, --threads, --seconds)
 # Everything lands in OUT/results.tar.xz (one file: the device returns at most eight).
 set -uo pipefail
 OUT_DIR=$1 COMMIT=$2 BUDGET=${3:-560}
@@ -70,7 +71,8 @@ for step in ${STEPS:-default tokenizer profile}; do
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
-        ${PROFILE_VARIANTS:+--variants $PROFILE_VARIANTS} \
+        ${PROFILE_VARIANTS:+--variants $PROFILE_VARIANTS} ${PROFILE_BATCHES:+--batches $PROFILE_BATCHES} \
+        ${PROFILE_THREADS:+--threads $PROFILE_THREADS} ${PROFILE_SECONDS:+--seconds $PROFILE_SECONDS} \
         > "$R/profile.log" 2>&1
       grep -h '^{' "$R/profile.log" | cut -c1-300 ;;
     *) echo "unknown step $step" ;;
