@@ -39,6 +39,13 @@ class ExportOptions:
     # the gate passes on the GPU the export runs on (v2 with batches of 32 on an H100: 96,123
     # texts/s against 70,661 in float32), else float32 (export/precision.py).
     full_model_dtype: str = "auto"
+    # Where v2's model leaves its answer (probabilities, class ids): "device", where it computed
+    # them, or "host": the logits copied to host memory once per batch and the answer computed
+    # there. Triton then hands each request its rows by memcpy; an answer on a GPU is copied per
+    # request and per output on the instance's thread, which also finishes every request of the
+    # batch (its ensemble and HTTP answer) before it takes the next batch. "auto": device.
+    # On the CPU both are the same.
+    full_model_answer: str = "auto"
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
@@ -82,6 +89,7 @@ class ExportOptions:
             length_group=self.length_group if self.length_group is not None else (16 if on_cpu else 0),
             v1_groups=self.v1_groups or (2 if on_cpu else 1),
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
+            full_model_answer=self.full_model_answer if self.full_model_answer != "auto" else "device",
         )
 
 

@@ -136,18 +136,23 @@ class FullModel(nn.Module):
     only to its own longest text, which is what attention, the one step that computes on padding,
     pays for (on the 2-core CPU, one thread, batches of 64 test texts: 346 texts/s in groups of
     16 against 228 as one batch; docs/runs/cpu/packing_profile_after_c97618b.json); 0 runs the
-    batch as one (a GPU, where each group costs its own kernel launches)."""
+    batch as one (a GPU, where each group costs its own kernel launches).
 
-    def __init__(self, model: MoEClassifier, length_group: int = 0):
+    With `answer_on_host` the logits come to host memory in one copy per batch and the answer is
+    computed there (ExportOptions.full_model_answer says why)."""
+
+    def __init__(self, model: MoEClassifier, length_group: int = 0, answer_on_host: bool = False):
         super().__init__()
         self.model = model
         self.answer = Postprocessing(list(model.cfg.labels))
         self.pad_id = model.cfg.pad_id
         self.n_classes = model.cfg.n_classes
         self.length_group = length_group
+        self.answer_on_host = answer_on_host
 
     def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
-        return self.answer(self.logits(ids, mask, lengths))
+        logits = self.logits(ids, mask, lengths)
+        return self.answer(logits.cpu() if self.answer_on_host else logits)
 
     @torch.jit.export
     def logits(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:
@@ -163,15 +168,20 @@ class FullModel(nn.Module):
         return logits
 
 
-def build_pieces(model: MoEClassifier, length_group: int = 0, full_model: MoEClassifier | None = None) -> dict:
-    """Triton model name -> eager wrapper module (`length_group`: see FullModel; `full_model`:
-    the model v2 runs, `model` itself unless given, e.g. in half precision)."""
+def build_pieces(
+    model: MoEClassifier,
+    length_group: int = 0,
+    full_model: MoEClassifier | None = None,
+    answer_on_host: bool = False,
+) -> dict:
+    """Triton model name -> eager wrapper module (`length_group`, `answer_on_host`: see FullModel;
+    `full_model`: the model v2 runs, `model` itself unless given, e.g. in half precision)."""
     pieces = {
         "embedding": EmbeddingPiece(model),
         "attention": AttentionPiece(model),
         "gating": GatingPiece(model),
         "classifier": ClassifierPiece(model),
-        "full_model": FullModel(model if full_model is None else full_model, length_group),
+        "full_model": FullModel(model if full_model is None else full_model, length_group, answer_on_host),
         "postprocessing": Postprocessing(list(model.cfg.labels)),
     }
     for e in range(model.cfg.n_experts):

@@ -128,6 +128,8 @@ def export_repository(
         raise MoEError(f"--bls-device must be auto or cpu, got {opts.bls_device!r}")
     if opts.expert_fanout not in ("auto", "ensemble", "calls"):
         raise MoEError(f"--expert-fanout must be auto, ensemble or calls, got {opts.expert_fanout!r}")
+    if opts.full_model_answer not in ("auto", "device", "host"):
+        raise MoEError(f"--full-model-answer must be auto, device or host, got {opts.full_model_answer!r}")
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)
@@ -135,7 +137,7 @@ def export_repository(
     opts = opts.resolved()
     v2_model, dtype, precision = choose_full_model(model, tokenizer, opts, log=log)
     opts = replace(opts, full_model_dtype=dtype)
-    pieces = build_pieces(model, opts.length_group, v2_model)
+    pieces = build_pieces(model, opts.length_group, v2_model, answer_on_host=opts.full_model_answer == "host")
     samples = sample_inputs(model, ids, mask)
 
     from tqdm.auto import tqdm

@@ -38,6 +38,13 @@ from .common import field_option, friendly_errors
 )
 @field_option(
     ExportOptions,
+    "full_model_answer",
+    type=click.Choice(["auto", "device", "host"]),
+    help="where v2's model leaves its answer: on its device, or in host memory (one copy per batch, "
+    "so Triton hands each request its rows by memcpy); auto: device",
+)
+@field_option(
+    ExportOptions,
     "precision_check_texts",
     type=click.IntRange(min=1),
     help="check a half-precision v2 on the first N test texts only (default: all 7,600)",

@@ -58,6 +58,20 @@ def test_full_model_on_a_ragged_batch_equals_the_padded_forward():
     assert labels == [model.cfg.labels[i] for i in expected.argmax(-1).tolist()]
 
 
+def test_full_model_answers_the_same_from_host_memory():
+    model = make_model()
+    ids, mask = random_batch(B=5, T=12, seed=7)
+    answers = {}
+    for on_host in (False, True):
+        scripted = torch.jit.script(FullModel(model, answer_on_host=on_host).eval())
+        assert scripted.answer_on_host is on_host  # the choice survives scripting, as it is exported
+        with torch.no_grad():
+            answers[on_host] = scripted(*ragged(ids, mask))
+        assert answers[on_host][0].device.type == "cpu" and answers[on_host][1].device.type == "cpu"
+    torch.testing.assert_close(answers[True][0], answers[False][0], atol=1e-6, rtol=0)
+    assert torch.equal(answers[True][1], answers[False][1]) and answers[True][2] == answers[False][2]
+
+
 def test_full_model_in_length_sorted_groups_equals_the_padded_forward():
     model = make_model()
     ids, mask = random_batch(B=11, T=14, seed=3)
