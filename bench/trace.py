@@ -32,11 +32,26 @@ class Trace:
         return None
 
 
+def trace_files(path: Path) -> list[Path]:
+    """Where Triton put the traces of `--trace-config triton,file=PATH`: every `log-frequency`
+    traces go to PATH.0, PATH.1, ... as they are collected, the rest to PATH at a clean
+    shutdown (a server killed at the end leaves the numbered files only)."""
+    path = Path(path)
+    numbered = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    found = sorted(numbered, key=lambda p: int(p.suffix[1:])) + ([path] if path.exists() else [])
+    if not found:
+        raise FileNotFoundError(
+            f"no trace at {path} (nor {path.name}.0, ...): was the server started with a trace file?"
+        )
+    return found
+
+
 def load_traces(path: Path) -> dict[int, Trace]:
     """Triton writes a trace as fragments sharing its id (the model, then each timestamp as it
     happens); merged here into one Trace per id."""
     traces: dict[int, Trace] = {}
-    for fragment in json.loads(Path(path).read_text()):
+    fragments = [f for file in trace_files(path) for f in json.loads(file.read_text())]
+    for fragment in fragments:
         trace = traces.setdefault(fragment["id"], Trace(fragment["id"]))
         trace.model = fragment.get("model_name", trace.model)
         trace.parent = fragment.get("parent_id", trace.parent)

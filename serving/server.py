@@ -51,6 +51,7 @@ def repositories(root: Path) -> list[Path]:
 # Triton API groups closed unless the caller sends the admin header (Triton's restricted APIs):
 # repository index/load/unload, shared-memory registration, log settings and tracing.
 RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
+TRACE_LOG_FREQUENCY = 100  # traces per file Triton writes while it runs (bench/trace.trace_files)
 
 
 # Tensors of the largest batch ([texts, max_len, d_model] floats) one BLS execution keeps in the
@@ -197,6 +198,8 @@ class TritonServer:
             return []
         return [
             f"--trace-config=triton,file={Path(self.opts.trace_file).resolve()}",
+            # Written as they are collected, so a server that does not stop cleanly leaves them.
+            f"--trace-config=triton,log-frequency={TRACE_LOG_FREQUENCY}",
             f"--trace-config=rate={self.opts.trace_rate}",
             "--trace-config=level=TIMESTAMPS",
         ]

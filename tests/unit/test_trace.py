@@ -3,7 +3,9 @@ counted from the previous step's answer, the entry request's HTTP segments."""
 
 import json
 
-from bench.trace import load_traces, summarize
+import pytest
+
+from bench.trace import load_traces, summarize, trace_files
 
 
 def fragments(trace_id, model, parent, stamps):
@@ -54,3 +56,19 @@ def test_requests_outside_any_ensemble_still_get_their_http_segments(tmp_path):
     rows = summarize(load_traces(path))["full_model"]
     assert rows["HTTP: read the request"]["mean_ms"] == 0.002
     assert not any("hand-over" in name for name in rows)
+
+
+def test_traces_written_while_the_server_ran_are_read_with_the_rest(tmp_path):
+    """With log-frequency Triton writes trace.json.0, .1, ... as it goes and the remainder to
+    trace.json at a clean shutdown; a killed server leaves the numbered files only."""
+    path = tmp_path / "trace.json"
+    with pytest.raises(FileNotFoundError, match="no trace at"):
+        load_traces(path)
+    http = [("HTTP_RECV_START", 0), ("HTTP_RECV_END", 1_000)]
+    for index, trace_id in ((0, 1), (2, 2), (10, 3)):
+        (tmp_path / f"trace.json.{index}").write_text(json.dumps(fragments(trace_id, "full_model", None, http)))
+    (tmp_path / "trace.json.gz").write_text("not a trace")
+    assert [p.name for p in trace_files(path)] == ["trace.json.0", "trace.json.2", "trace.json.10"]
+    assert sorted(load_traces(path)) == [1, 2, 3]
+    path.write_text(json.dumps(fragments(4, "full_model", None, http)))
+    assert sorted(load_traces(path)) == [1, 2, 3, 4]
