@@ -71,12 +71,17 @@ def test_export_for_gpus_spreads_experts(tiny_checkpoint, tmp_path):
     on_cpu = export_repository(
         tiny_checkpoint,
         tmp_path / "gpu-bls-cpu",
-        ExportOptions(device="cuda", bls_device="cpu"),
+        ExportOptions(device="cuda", bls_device="cpu", full_model_answer="host"),
         progress=False,
         log=lambda *_: None,
     )
     bls_on_cpu = (on_cpu / "model_repository" / "moe_bls" / "config.pbtxt").read_text()
     assert "KIND_CPU" in bls_on_cpu and 'key: "expert_calls" value: { string_value: "ensemble" }' in bls_on_cpu
+    # Where v2's model leaves its answer is written into the TorchScript file and the manifest.
+    for repository, where in ((out, "device"), (on_cpu, "host")):
+        assert json.loads((repository / "manifest.json").read_text())["options"]["full_model_answer"] == where
+        full_model = torch.jit.load(repository / "model_repository" / "full_model" / "1" / "model.pt")
+        assert full_model.answer_on_host is (where == "host")
 
 
 def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tmp_path):
