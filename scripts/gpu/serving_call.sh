@@ -16,6 +16,7 @@
 #              concurrency 64 and 256
 #   blsN       (N one digit) v1 with N BLS instances, batches of 32 at concurrency 64 and 256
 #   fmN        v2 with N full_model instances per GPU, batches of 32 at concurrency 64 and 256
+#   sfmN       v2 with N full_model instances per GPU, single texts at concurrency 1 and 192
 #   http32     the default export's v2 single texts with 32 HTTP threads (Triton's default: 8)
 #   http8      the default export's v2, single texts and batches of 32, with Triton's 8 HTTP threads
 #   again      the default export's v2 benched as http8 is, with its own HTTP threads (after http8:
@@ -56,6 +57,9 @@ for step in ${STEPS:-default tokenizer profile}; do
     bls[0-9])
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh "$step" "$R" --bls-instances "${step#bls}" ;;
+    sfm[0-9]*)
+      WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 CHECK=0 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh "$step" "$R" --full-model-instances "${step#sfm}" ;;
     fm[0-9]*)
       WORKFLOWS=v2 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh "$step" "$R" --full-model-instances "${step#fm}" ;;
