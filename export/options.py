@@ -41,10 +41,10 @@ class ExportOptions:
     full_model_dtype: str = "auto"
     # Where v2's model leaves its answer (probabilities, class ids): "device", where it computed
     # them, or "host": the logits copied to host memory once per batch and the answer computed
-    # there. Triton then hands each request its rows by memcpy; an answer on a GPU is copied per
-    # request and per output on the instance's thread, which also finishes every request of the
-    # batch (its ensemble and HTTP answer) before it takes the next batch. "auto": device.
-    # On the CPU both are the same.
+    # there. The libtorch backend copies each request's rows of each output into its answer on
+    # the instance's thread; from host memory those are memcpys instead of GPU copies. "auto":
+    # device, until a second GPU comparison agrees with the first (docs/gpu_serving.md, call
+    # 16: host served 5-8 % more, on a host that had itself sped up). On the CPU both are the same.
     full_model_answer: str = "auto"
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
