@@ -21,6 +21,12 @@ LIBTORCH_PARAMETERS = 'parameters { key: "ENABLE_JIT_PROFILING" value: { string_
 HALF_PRECISION_PARAMETERS = 'parameters { key: "DISABLE_CUDNN" value: { string_value: "true" } }'
 
 
+def response_threads_parameter(threads: int) -> str:
+    """full_model's RESPONSE_THREADS for the vendored backend (ExportOptions.full_model_response_threads
+    says why); none for 0, which is upstream's behaviour."""
+    return f'\nparameters {{ key: "RESPONSE_THREADS" value: {{ string_value: "{threads}" }} }}' if threads else ""
+
+
 def placeholders(text: str) -> set[str]:
     return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
 
@@ -78,7 +84,8 @@ def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
             "max_batch_size": opts.full_model_max_batch,
             "n_classes": cfg.n_classes,
             "libtorch_parameters": LIBTORCH_PARAMETERS
-            + ("" if opts.full_model_dtype == "float32" else "\n" + HALF_PRECISION_PARAMETERS),
+            + ("" if opts.full_model_dtype == "float32" else "\n" + HALF_PRECISION_PARAMETERS)
+            + response_threads_parameter(opts.full_model_response_threads),
             **placement(opts, opts.full_model_instances, gpu=None),
         },
         "tokenizer": {

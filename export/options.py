@@ -46,6 +46,12 @@ class ExportOptions:
     # device, until a second GPU comparison agrees with the first (docs/gpu_serving.md, call
     # 16: host served 5-8 % more, on a host that had itself sped up). On the CPU both are the same.
     full_model_answer: str = "auto"
+    # Threads per full_model instance that send its answers (the vendored libtorch backend's
+    # RESPONSE_THREADS; third_party/triton/README.md): sending one runs Triton's ensemble and HTTP
+    # completion of that request on the sending thread, which is otherwise the instance's own,
+    # before it takes its next batch. 0: the instance's thread, as upstream. None: 0 until
+    # measured on a GPU.
+    full_model_response_threads: int | None = None
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
@@ -90,6 +96,7 @@ class ExportOptions:
             v1_groups=self.v1_groups or (2 if on_cpu else 1),
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
             full_model_answer=self.full_model_answer if self.full_model_answer != "auto" else "device",
+            full_model_response_threads=self.full_model_response_threads or 0,
         )
 
 

@@ -45,6 +45,13 @@ from .common import field_option, friendly_errors
 )
 @field_option(
     ExportOptions,
+    "full_model_response_threads",
+    type=click.IntRange(min=0),
+    help="threads per instance of v2's model that send its answers, so the instance takes its next "
+    "batch at once (0: the instance's own thread, the default)",
+)
+@field_option(
+    ExportOptions,
     "precision_check_texts",
     type=click.IntRange(min=1),
     help="check a half-precision v2 on the first N test texts only (default: all 7,600)",

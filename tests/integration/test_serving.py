@@ -313,6 +313,37 @@ def test_postprocessing_batches_requests_and_each_gets_its_own_labels(tiny_check
         assert answer.as_numpy("OUTPUT__2").shape == (len(x), 1)
 
 
+def test_v2_answers_sent_from_response_threads(tiny_checkpoint, tmp_path, eager, data_dir):
+    """`--full-model-response-threads 2`: the vendored backend sends full_model's answers from
+    threads of its own (RESPONSE_THREADS). Texts batched together each get their own answer,
+    Triton counts every request once, and the server still stops cleanly (queued answers are sent
+    before an instance goes)."""
+    opts = ExportOptions(queue_delay_us=100_000, full_model_response_threads=2)
+    repository = export_repository(tiny_checkpoint, tmp_path / "senders", opts, progress=False, log=lambda *_: None)
+    config = (repository / "model_repository" / "full_model" / "config.pbtxt").read_text()
+    assert 'key: "RESPONSE_THREADS" value: { string_value: "2" }' in config
+    texts = load_split(data_dir, "test").texts[:24]
+    server = start_server(repository)
+    try:
+        client = httpclient.InferenceServerClient(server.http_url, concurrency=len(texts))
+        pending = [
+            client.async_infer("moe_v2", [text_input([t])], outputs=[httpclient.InferRequestedOutput("PROBS")])
+            for t in texts
+        ]
+        probs = np.concatenate([p.get_result().as_numpy("PROBS") for p in pending])
+        stats = client.get_inference_statistics("full_model")["model_stats"][0]
+        client.close()
+        log = server.log_text()
+    finally:
+        returncode = server.stop()
+        server.cleanup()
+    assert "Responses are sent from 2 threads per instance" in log
+    assert stats["execution_count"] < len(texts), "the texts should have run in shared batches"
+    assert stats["inference_count"] == len(texts) and stats["inference_stats"]["success"]["count"] == len(texts)
+    np.testing.assert_allclose(probs, eager_probs(eager, texts)[0], atol=1e-4, rtol=0)
+    assert returncode == 0
+
+
 def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
     """`--full-model-dtype float16`: the export runs the test texts through float32 and float16
     first; outside the tolerance it refuses and says what it measured, inside it exports v2 in

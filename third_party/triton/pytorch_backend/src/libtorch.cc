@@ -27,7 +27,12 @@
 #include <stdint.h>
 
 #include <cstdint>
+#include <condition_variable>
+#include <deque>
 #include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
 
 #include "libtorch_utils.h"
 #include "triton/backend/backend_common.h"
@@ -108,6 +113,9 @@ class ModelState : public BackendModel {
   bool EnabledCacheCleaning() { return enable_cache_cleaning_; }
 
   bool EnabledWeightSharing() { return enable_weight_sharing_; }
+  // Local change: threads per instance that send the instance's responses (0: the instance's
+  // own thread sends them, as upstream does).
+  int ResponseThreads() const { return response_threads_; }
   const std::map<std::string, std::pair<int64_t, int64_t>>& ModelOutputs()
   {
     return model_outputs_;
@@ -135,6 +143,7 @@ class ModelState : public BackendModel {
 
   // Flag to indicate whether weight sharing is enabled. Defaults to false.
   bool enable_weight_sharing_;
+  int response_threads_ = 0;
 
   // Flag pairs to indicate if various JIT settings are set and
   // enabled respectively. Defaults to (false, true). Default behavior
@@ -542,6 +551,30 @@ ModelState::ParseParameters()
                 .c_str());
       }
     }
+
+    // Local change: 'RESPONSE_THREADS' > 0 sends each instance's responses
+    // from that many threads of its own (ResponseSender).
+    err = ParseParameter(params, "RESPONSE_THREADS", &response_threads_);
+    if (err != nullptr) {
+      if (TRITONSERVER_ErrorCode(err) != TRITONSERVER_ERROR_NOT_FOUND) {
+        return err;
+      } else {
+        TRITONSERVER_ErrorDelete(err);
+      }
+    } else if (response_threads_ < 0) {
+      return TRITONSERVER_ErrorNew(
+          TRITONSERVER_ERROR_INVALID_ARG,
+          (std::string("RESPONSE_THREADS must be 0 or more, got ") +
+           std::to_string(response_threads_))
+              .c_str());
+    } else {
+      LOG_MESSAGE(
+          TRITONSERVER_LOG_INFO,
+          (std::string("Responses are sent from ") +
+           std::to_string(response_threads_) +
+           " threads per instance for model '" + Name() + "'")
+              .c_str());
+    }
   }
 
   return nullptr;
@@ -553,6 +586,72 @@ enum class NamingConvention {
   NAMED_INDEX,
   FORWARD_ARGUMENT,
   STRICT_CONFIG_ORDERING
+};
+
+//
+// ResponseSender (local change)
+//
+// Sending a response runs whatever completes it, on the sending thread: in
+// Triton 2.51 an ensemble's next step or its whole answer (the HTTP front end
+// writes the JSON there). Sent from the instance's thread, that work for every
+// request of a batch comes before the instance's next batch, and after the end
+// of execution that Triton's statistics record. These threads send them
+// instead, so the instance takes its next batch at once. The destructor sends
+// what is still queued before it returns.
+//
+class ResponseSender {
+ public:
+  explicit ResponseSender(int threads)
+  {
+    for (int i = 0; i < threads; i++) {
+      workers_.emplace_back([this] { Work(); });
+    }
+  }
+
+  ~ResponseSender()
+  {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& worker : workers_) {
+      worker.join();
+    }
+  }
+
+  void Enqueue(std::function<void()> task)
+  {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      tasks_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+  }
+
+ private:
+  void Work()
+  {
+    while (true) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+        if (tasks_.empty()) {
+          return;  // stopping, and nothing left to send
+        }
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> tasks_;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
 };
 
 //
@@ -668,6 +767,9 @@ class ModelInstanceState : public BackendModelInstance {
 
   // The number of available devices.
   int device_cnt_;
+
+  // Local change: sends this instance's responses when RESPONSE_THREADS > 0.
+  std::unique_ptr<ResponseSender> response_sender_;
 };
 
 TRITONSERVER_Error*
@@ -694,6 +796,9 @@ ModelInstanceState::ModelInstanceState(
       model_state_(model_state), device_(torch::kCPU), is_dict_input_(false),
       device_cnt_(0)
 {
+  if (model_state->ResponseThreads() > 0) {
+    response_sender_.reset(new ResponseSender(model_state->ResponseThreads()));
+  }
   if (Kind() == TRITONSERVER_INSTANCEGROUPKIND_GPU) {
 #ifdef TRITON_ENABLE_GPU
     device_ = torch::Device(torch::kCUDA, DeviceId());
@@ -802,6 +907,7 @@ ModelInstanceState::ClearCache()
 
 ModelInstanceState::~ModelInstanceState()
 {
+  response_sender_.reset();  // sends what is queued, while the instance still exists
   torch_model_.reset();
   ClearCache();
 
@@ -1506,13 +1612,16 @@ ModelInstanceState::ProcessRequests(
   // Send all the responses that haven't already been sent because of
   // an earlier error. Note that the responses are not set to nullptr
   // here as we need that indication below to determine if the request
-  // we successful or not.
-  for (auto& response : responses) {
-    if (response != nullptr) {
-      LOG_IF_ERROR(
-          TRITONBACKEND_ResponseSend(
-              response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, nullptr),
-          "failed to send PyTorch backend response");
+  // we successful or not. (Local change: with a ResponseSender they are
+  // sent below, once the statistics' times are known.)
+  if (response_sender_ == nullptr) {
+    for (auto& response : responses) {
+      if (response != nullptr) {
+        LOG_IF_ERROR(
+            TRITONBACKEND_ResponseSend(
+                response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, nullptr),
+            "failed to send PyTorch backend response");
+      }
     }
   }
 
@@ -1550,6 +1659,26 @@ ModelInstanceState::ProcessRequests(
             (responses[r] != nullptr) /* success */, exec_start_ns,
             compute_start_ns, compute_end_ns, exec_end_ns),
         "failed reporting request statistics");
+
+    if (response_sender_ != nullptr) {
+      // Local change: each request's response is sent, then the request
+      // released, on a sender thread. Its outputs are already in the
+      // response's buffers (ReadOutputTensors synchronised the stream).
+      TRITONBACKEND_Response* response = responses[r];
+      response_sender_->Enqueue([request, response] {
+        if (response != nullptr) {
+          LOG_IF_ERROR(
+              TRITONBACKEND_ResponseSend(
+                  response, TRITONSERVER_RESPONSE_COMPLETE_FINAL, nullptr),
+              "failed to send PyTorch backend response");
+        }
+        LOG_IF_ERROR(
+            TRITONBACKEND_RequestRelease(
+                request, TRITONSERVER_REQUEST_RELEASE_ALL),
+            "failed releasing request");
+      });
+      continue;
+    }
 
     LOG_IF_ERROR(
         TRITONBACKEND_RequestRelease(request, TRITONSERVER_REQUEST_RELEASE_ALL),
