@@ -130,7 +130,7 @@ def started_endpoint(
     "--trace-rate",
     type=click.IntRange(min=0),
     default=0,
-    help="trace one request in N through the server the bench starts (0: none): OUT/trace.json and, "
+    help="trace one request in N through the server the bench starts (0: none): OUT/trace.json* and, "
     "after it stops, where each traced request's time went in OUT/trace.md; every level is traced, "
     "so bench one level to compare it with that level's latency",
 )
@@ -154,12 +154,12 @@ def bench(url, out, repository, metrics_url, torch_threads, http_threads, server
     out = Path(opts.out)
     click.echo((out / "bench.md").read_text())
     files = result.get("files", [])
-    if trace_rate:  # Triton writes the trace as it shuts down
-        from bench.trace import load_traces, markdown, summarize
+    if trace_rate:  # read once the server has stopped: Triton writes the last traces as it goes
+        from bench.trace import load_traces, markdown, summarize, trace_files
 
         summary = summarize(load_traces(out / "trace.json"))
         (out / "trace-summary.json").write_text(json.dumps(summary, indent=1))
         (out / "trace.md").write_text(markdown(summary))
         click.echo(markdown(summary))
-        files += ["trace.json", "trace-summary.json", "trace.md"]
+        files += [p.name for p in trace_files(out / "trace.json")] + ["trace-summary.json", "trace.md"]
     click.echo(f"results in {out}: {', '.join(files)}")

@@ -11,7 +11,7 @@ import click
 
 from moe.errors import MoEError
 
-from ..server import ServerOptions, TritonServer
+from ..server import TRACE_LOG_FREQUENCY, ServerOptions, TritonServer
 from .common import exported, field_option, friendly_errors
 
 
@@ -126,7 +126,8 @@ def wait_for_signal(server: TritonServer) -> None:
     "trace_file",
     type=click.Path(path_type=Path),
     help="write Triton's request trace here (timestamps of sampled requests and their ensemble "
-    "steps; written at shutdown; `python -m bench.trace FILE` summarises it)",
+    f"steps; every {TRACE_LOG_FREQUENCY} traces as FILE.0, FILE.1, ..., the rest as FILE at shutdown; "
+    "`python -m bench.trace FILE` summarises them all)",
 )
 @field_option(ServerOptions, "trace_rate", type=click.IntRange(min=1), help="with --trace-file: trace one request in N")
 @click.option(
