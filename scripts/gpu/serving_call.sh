@@ -13,6 +13,7 @@
 #              (--full-model-answer host), the same way
 #   rtN        the default export but with N threads per full_model instance sending its answers
 #              (--full-model-response-threads N), the same way
+#   rtNhost    (N one digit) both: N response threads and the answer in host memory
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   blsmbN     v1 with BLS batches of up to N texts (the GPU default: 512), batches of 32 at
 #              concurrency 64 and 256
@@ -52,6 +53,9 @@ for step in ${STEPS:-default tokenizer profile}; do
         scripts/gpu/serve_bench.sh fp16 "$R" --full-model-dtype float16 ;;
     fp32) WORKFLOWS=v2 timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh fp32 "$R" --full-model-dtype float32 ;;
     answerhost) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh answerhost "$R" --full-model-answer host ;;
+    rt[0-9]host)
+      timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" \
+        --full-model-response-threads "${step:2:1}" --full-model-answer host ;;
     rt[0-9]*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-response-threads "${step#rt}" ;;
     shapes) timeout 120 python3 scripts/gpu/half_shapes.py --out "$R/half_shapes.json" ;;
     blsmb[0-9]*)
