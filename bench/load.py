@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.processes import host_busy_seconds, host_cpu
+
 Request = tuple[str, list[str]]  # (workflow "v1" | "v2", texts)
 
 
@@ -125,13 +127,14 @@ def batches(texts: list[str], batch_size: int, n: int, start: int = 0) -> list[l
 async def closed_loop_level(client, workflow: str, plan, want, untimed, concurrency: int, progress) -> dict:
     """A timed level of the Python load client (bench/load.py): its summary, this process's CPU
     and how many answers differ from the eager model's."""
-    cpu0 = time.process_time()
+    cpu0, host0, wall0 = time.process_time(), host_busy_seconds(), time.monotonic()
     run = await closed_loop(client, [(workflow, t) for t in plan], concurrency, progress=progress, keep_busy=untimed)
-    cpu = time.process_time() - cpu0
+    cpu, host, wall = time.process_time() - cpu0, host_busy_seconds() - host0, time.monotonic() - wall0
     pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
     disagreements = sum(g != w for g, w in pairs)
+    summary = host_cpu(run.summary(), host, wall, len(plan) + run.untimed)
     return dict(
-        **run.summary(),
+        **summary,
         # This process's CPU (the load generator and the memory sampler) per request sent, and as
         # a share of one core: the cores it took from the server when both share a machine.
         load_cpu_ms_per_request=round(1e3 * cpu / (len(plan) + run.untimed), 3),

@@ -20,9 +20,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from moe.errors import MoEError
+from serving.processes import host_busy_seconds, host_cpu
 
 # Answers within this share of the health endpoint's rate were bounded by the load generator
 # and the HTTP front end rather than by the models.
@@ -270,11 +272,12 @@ def bench_level(
     expected = expected_answers(labels, class_names)
     if connections not in ceilings:
         ceilings[connections] = ceiling(url, connections)
-    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, host0, wall0 = resource.getrusage(resource.RUSAGE_CHILDREN), host_busy_seconds(), time.monotonic()
     level = run_level(url, model, requests, expected, connections, seconds)
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu1, host1, wall1 = resource.getrusage(resource.RUSAGE_CHILDREN), host_busy_seconds(), time.monotonic()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     rate = level["requests_per_s"]
+    level = host_cpu(level, host1 - host0, wall1 - wall0, level["requests"])
     return dict(
         level,
         load_cpu_ms_per_request=round(1e3 * cpu / max(level["requests"], 1), 3),

@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from serving.processes import thread_cpu_seconds
+from serving.processes import host_busy_seconds, thread_cpu_seconds
 
 
 def newest_pid(name: str) -> int | None:
@@ -35,12 +35,6 @@ def newest_pid(name: str) -> int | None:
             except OSError:
                 continue
     return max(found)[1] if found else None
-
-
-def host_busy_ticks() -> tuple[int, int]:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
 
 
 def window(before: dict, after: dict, seconds: float) -> dict:
@@ -81,26 +75,24 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, write)
     start = time.monotonic()
-    pid, before, host_before, t_before = None, {}, host_busy_ticks(), time.monotonic()
+    pid, before, host_before, t_before = None, {}, host_busy_seconds(), time.monotonic()
     while args.seconds is None or time.monotonic() - start < args.seconds:
         time.sleep(args.interval)
         now_pid = newest_pid(args.name)
         if now_pid != pid:  # a new server (the bench starts one per run): start over on it
             pid, before = now_pid, thread_cpu_seconds(now_pid) if now_pid else {}
-            host_before, t_before = host_busy_ticks(), time.monotonic()
+            host_before, t_before = host_busy_seconds(), time.monotonic()
             continue
         try:
             after = thread_cpu_seconds(pid)
         except OSError:
             pid = None
             continue
-        host_after, t_after = host_busy_ticks(), time.monotonic()
+        host_after, t_after = host_busy_seconds(), time.monotonic()
         seconds = t_after - t_before
         record = window(before, after, seconds)
         record["at"] = time.strftime("%H:%M:%S")
-        record["host_busy_cores"] = round(
-            (host_after[0] - host_before[0]) / max(1, host_after[1] - host_before[1]) * os.cpu_count(), 2
-        )
+        record["host_busy_cores"] = round((host_after - host_before) / seconds, 2)
         windows.append(record)
         before, host_before, t_before = after, host_after, t_after
     write()

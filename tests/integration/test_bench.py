@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 
 import pytest
 
@@ -164,6 +165,7 @@ def test_bench_with_the_product_client(server, tiny_checkpoint, data_dir, tmp_pa
     (level,) = run_bench(opts, endpoint, log=lambda *_: None)["levels"]
     assert level["errors"] == 0 and level["agreement_with_eager"] == 1.0
     assert level["load_cpu_ms_per_request"] > 0 and 0 < level["load_cpu_share"] < 1.5
+    assert level["host_cpu_ms_per_request"] >= level["load_cpu_ms_per_request"]
     assert "load client moe_client" in (tmp_path / "bench.md").read_text()
     with pytest.raises(MoEError, match="HTTP only"):
         run_bench(BenchOptions(protocol="grpc", load_client="raw", out=tmp_path), endpoint)
@@ -197,6 +199,9 @@ def test_bench_with_wrk_checks_every_answer(server, tiny_checkpoint, data_dir, t
         assert level["throughput"] == pytest.approx(level["requests_per_s"] * level["batch_size"], rel=1e-3)
         assert level["load_ceiling_requests_per_s"] > level["requests_per_s"] > 0
         assert level["load_cpu_ms_per_request"] > 0
+        # The host's CPU over the level holds the load generator's own.
+        assert level["host_cpu_ms_per_request"] >= level["load_cpu_ms_per_request"]
+        assert 0 < level["host_busy_cores"] <= 1.05 * os.cpu_count()  # /proc/stat counts in ticks
         assert 0 < level["p50_ms"] <= level["p99_ms"]
         assert "tokenizer" in level["breakdown"]["models"]
     assert "load client auto: wrk" in (tmp_path / "bench.md").read_text()
