@@ -14,6 +14,8 @@
 #   rtN        the default export but with N threads per full_model instance sending its answers
 #              (--full-model-response-threads N), the same way
 #   rtNhost    (N one digit) both: N response threads and the answer in host memory
+#   qdN        the default export with every dynamic batcher waiting up to N µs to fill a batch
+#              (--queue-delay-us N): fewer executions, so less host CPU per request
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   blsmbN     v1 with BLS batches of up to N texts (the GPU default: 512), batches of 32 at
 #              concurrency 64 and 256
@@ -53,6 +55,7 @@ for step in ${STEPS:-default tokenizer profile}; do
         scripts/gpu/serve_bench.sh fp16 "$R" --full-model-dtype float16 ;;
     fp32) WORKFLOWS=v2 timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh fp32 "$R" --full-model-dtype float32 ;;
     answerhost) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh answerhost "$R" --full-model-answer host ;;
+    qd[0-9]*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --queue-delay-us "${step#qd}" ;;
     rt[0-9]host)
       timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" \
         --full-model-response-threads "${step:2:1}" --full-model-answer host ;;

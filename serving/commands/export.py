@@ -109,6 +109,11 @@ from .common import field_option, friendly_errors
     help="v1 runs each batch as this many length-sorted groups at once (default: 2 on the CPU, 1 on a GPU)",
 )
 @field_option(ExportOptions, "max_batch_size")
+@field_option(
+    ExportOptions,
+    "queue_delay_us",
+    help="how long the dynamic batchers (tokenizer, full_model, BLS, postprocessing) wait to fill a batch",
+)
 @field_option(ExportOptions, "max_queue_size", help="requests an entry model queues before it rejects new ones")
 @click.option(
     "--queue-timeout-ms",

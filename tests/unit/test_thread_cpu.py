@@ -6,7 +6,7 @@ import threading
 import time
 from pathlib import Path
 
-from serving.processes import thread_cpu_seconds
+from serving.processes import host_busy_seconds, thread_cpu_seconds
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "thread_cpu.py"
 spec = importlib.util.spec_from_file_location("thread_cpu", SCRIPT)
@@ -26,17 +26,26 @@ def test_numbered_threads_are_one_group_and_a_new_thread_counts_all_its_seconds(
     assert record["by_thread_name"][0]["name"] == "worker-#"
 
 
+def spin_until(stop: float) -> None:
+    while time.monotonic() < stop:
+        pass
+
+
 def test_a_spinning_thread_of_this_process_is_seen_busy():
-    stop = time.monotonic() + 2.0
-
-    def spin():
-        while time.monotonic() < stop:
-            pass
-
-    worker = threading.Thread(target=spin, name="spinner")
+    worker = threading.Thread(target=spin_until, args=(time.monotonic() + 2.0,), name="spinner")
     worker.start()
     before, t0 = thread_cpu_seconds(os.getpid()), time.monotonic()
     time.sleep(1.0)  # sampled while it runs: a finished thread leaves /proc with its seconds
     record = thread_cpu.window(before, thread_cpu_seconds(os.getpid()), time.monotonic() - t0)
     worker.join()
     assert record["process_cores"] > 0.5, record
+
+
+def test_the_host_counts_a_spinning_thread_busy():
+    worker = threading.Thread(target=spin_until, args=(time.monotonic() + 1.5,))
+    worker.start()
+    busy0, t0 = host_busy_seconds(), time.monotonic()
+    time.sleep(1.0)
+    cores = (host_busy_seconds() - busy0) / (time.monotonic() - t0)
+    worker.join()
+    assert 0.5 < cores <= 1.05 * os.cpu_count()
