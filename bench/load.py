@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.processes import host_busy_seconds, host_cpu
+from bench.host import host_busy_seconds, host_cpu
 
 Request = tuple[str, list[str]]  # (workflow "v1" | "v2", texts)
 

@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.host import host_busy_seconds, host_cpu
 from moe.errors import MoEError
-from serving.processes import host_busy_seconds, host_cpu
 
 # Answers within this share of the health endpoint's rate were bounded by the load generator
 # and the HTTP front end rather than by the models.

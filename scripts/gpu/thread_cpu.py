@@ -22,7 +22,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from serving.processes import host_busy_seconds, thread_cpu_seconds
+from bench.host import host_busy_seconds
+from serving.processes import thread_cpu_seconds
 
 
 def newest_pid(name: str) -> int | None:

@@ -6,7 +6,8 @@ import threading
 import time
 from pathlib import Path
 
-from serving.processes import host_busy_seconds, thread_cpu_seconds
+from bench.host import host_busy_seconds
+from serving.processes import thread_cpu_seconds
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu" / "thread_cpu.py"
 spec = importlib.util.spec_from_file_location("thread_cpu", SCRIPT)
