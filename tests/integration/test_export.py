@@ -7,6 +7,8 @@ import torch
 
 from export.repository import ExportOptions, export_repository
 
+from ..conftest import run_cli
+
 TORCHSCRIPT = ["embedding", "attention", "gating", "classifier", "full_model", "postprocessing"] + [
     f"expert_{e}" for e in range(8)
 ]
@@ -114,3 +116,11 @@ def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tm
 
 
 MODELS_SIZED = ("tokenizer", "postprocessing", "moe_bls", "full_model")
+
+
+def test_the_export_command_sets_every_dynamic_batchers_delay(tiny_checkpoint, tmp_path):
+    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--queue-delay-us", 750)
+    assert r.returncode == 0, r.stderr
+    for name in ("tokenizer", "full_model", "moe_bls", "postprocessing"):
+        config = (tmp_path / "out" / "model_repository" / name / "config.pbtxt").read_text()
+        assert "max_queue_delay_microseconds: 750" in config, name
