@@ -27,6 +27,11 @@ def response_threads_parameter(threads: int) -> str:
     return f'\nparameters {{ key: "RESPONSE_THREADS" value: {{ string_value: "{threads}" }} }}' if threads else ""
 
 
+def gpu_wait_parameter(wait: str) -> str:
+    """GPU_WAIT for the vendored backend (ExportOptions.gpu_wait says why); none for "auto"."""
+    return "" if wait == "auto" else f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}'
+
+
 def placeholders(text: str) -> set[str]:
     return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
 
@@ -85,7 +90,8 @@ def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
             "n_classes": cfg.n_classes,
             "libtorch_parameters": LIBTORCH_PARAMETERS
             + ("" if opts.full_model_dtype == "float32" else "\n" + HALF_PRECISION_PARAMETERS)
-            + response_threads_parameter(opts.full_model_response_threads),
+            + response_threads_parameter(opts.full_model_response_threads)
+            + gpu_wait_parameter(opts.gpu_wait),
             **placement(opts, opts.full_model_instances, gpu=None),
         },
         "tokenizer": {

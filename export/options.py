@@ -14,6 +14,8 @@ DEFAULT_OUT = Path("build")
 # written); --full-model-dtype also takes "auto" (ExportOptions.full_model_dtype).
 FULL_MODEL_DTYPES = ("float32", "float16", "bfloat16")
 FULL_MODEL_DTYPE_CHOICES = ("auto", *FULL_MODEL_DTYPES)
+# How tritonserver's threads may wait for the GPU (ExportOptions.gpu_wait).
+GPU_WAITS = ("auto", "spin", "yield", "block")
 
 
 @dataclass
@@ -52,6 +54,12 @@ class ExportOptions:
     # before it takes its next batch. 0: the instance's thread, as upstream. None: 0 until
     # measured on a GPU.
     full_model_response_threads: int | None = None
+    # How tritonserver's threads wait for the GPU (the vendored libtorch backend's GPU_WAIT, set
+    # on full_model; it holds for the whole process): "spin", "yield", "block", or "auto", CUDA's
+    # choice, which spins on a host with more cores than CUDA contexts, so a thread waiting for a
+    # batch (the model reads the experts' token counts on the host, the backend synchronises its
+    # stream) keeps a core the host's other stages may want. "auto" until measured on a GPU.
+    gpu_wait: str = "auto"
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,

@@ -28,7 +28,7 @@ from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
 from .configs import fill, model_values
-from .options import DEFAULT_OUT, ExportOptions
+from .options import DEFAULT_OUT, GPU_WAITS, ExportOptions
 from .pieces import build_pieces, sample_inputs
 from .precision import choose_full_model
 
@@ -130,6 +130,8 @@ def export_repository(
         raise MoEError(f"--expert-fanout must be auto, ensemble or calls, got {opts.expert_fanout!r}")
     if opts.full_model_answer not in ("auto", "device", "host"):
         raise MoEError(f"--full-model-answer must be auto, device or host, got {opts.full_model_answer!r}")
+    if opts.gpu_wait not in GPU_WAITS:
+        raise MoEError(f"--gpu-wait must be one of {', '.join(GPU_WAITS)}, got {opts.gpu_wait!r}")
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)

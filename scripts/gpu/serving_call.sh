@@ -16,6 +16,8 @@
 #   rtNhost    (N one digit) both: N response threads and the answer in host memory
 #   qdN        the default export with every dynamic batcher waiting up to N µs to fill a batch
 #              (--queue-delay-us N): fewer executions, so less host CPU per request
+#   waitW      the default export with tritonserver's threads waiting for the GPU by W (spin, yield or
+#              block: --gpu-wait W): a thread that blocks leaves its core to the host's other stages
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
 #   blsmbN     v1 with BLS batches of up to N texts (the GPU default: 512), batches of 32 at
 #              concurrency 64 and 256
@@ -60,6 +62,7 @@ for step in ${STEPS:-default tokenizer profile}; do
       timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" \
         --full-model-response-threads "${step:2:1}" --full-model-answer host ;;
     rt[0-9]*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-response-threads "${step#rt}" ;;
+    wait*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --gpu-wait "${step#wait}" ;;
     shapes) timeout 120 python3 scripts/gpu/half_shapes.py --out "$R/half_shapes.json" ;;
     blsmb[0-9]*)
       WORKFLOWS=v1 BATCH_SIZES=32 CONCURRENCY=64,256 CHECK=0 timeout $(($(left) - 30)) \

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from export.options import DEFAULT_OUT, FULL_MODEL_DTYPE_CHOICES, ExportOptions
+from export.options import DEFAULT_OUT, FULL_MODEL_DTYPE_CHOICES, GPU_WAITS, ExportOptions
 
 from .common import field_option, friendly_errors
 
@@ -49,6 +49,13 @@ from .common import field_option, friendly_errors
     type=click.IntRange(min=0),
     help="threads per instance of v2's model that send its answers, so the instance takes its next "
     "batch at once (0: the instance's own thread, the default)",
+)
+@field_option(
+    ExportOptions,
+    "gpu_wait",
+    type=click.Choice(GPU_WAITS),
+    help="how the server's threads wait for the GPU: spin (keep the core), yield (spin, giving the core "
+    "to any thread that wants it), block (sleep until the GPU is done); auto: CUDA's choice",
 )
 @field_option(
     ExportOptions,

@@ -118,6 +118,16 @@ def test_gpu_export_sizes_host_stages_for_the_machines_cores(tiny_checkpoint, tm
 MODELS_SIZED = ("tokenizer", "postprocessing", "moe_bls", "full_model")
 
 
+def test_the_export_command_writes_how_the_server_waits_for_the_gpu(tiny_checkpoint, tmp_path):
+    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "block", "--gpu-wait", "block")
+    assert r.returncode == 0, r.stderr
+    config = (tmp_path / "block" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+    assert 'key: "GPU_WAIT" value: { string_value: "block" }' in config
+    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "auto")
+    assert r.returncode == 0, r.stderr
+    assert "GPU_WAIT" not in (tmp_path / "auto" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+
+
 def test_the_export_command_sets_every_dynamic_batchers_delay(tiny_checkpoint, tmp_path):
     r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--queue-delay-us", 750)
     assert r.returncode == 0, r.stderr

@@ -344,6 +344,44 @@ def test_v2_answers_sent_from_response_threads(tiny_checkpoint, tmp_path, eager,
     assert returncode == 0
 
 
+def test_the_vendored_backend_takes_gpu_wait_and_names_a_bad_one(tiny_repository, tmp_path):
+    """GPU_WAIT (`moe export --gpu-wait`) is read by the vendored backend: a known value loads
+    (on the CPU it has no GPU to apply to) and answers; an unknown one keeps the model from
+    loading with an error naming the parameter and its values."""
+    from serving.server import ServerOptions, TritonServer, free_ports
+
+    def serve_postprocessing_with(wait: str) -> TritonServer:
+        repository = tmp_path / wait
+        shutil.copytree(tiny_repository / "model_repository" / "postprocessing", repository / "postprocessing")
+        config = repository / "postprocessing" / "config.pbtxt"
+        config.write_text(
+            config.read_text() + f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}\n'
+        )
+        http, grpc, metrics = free_ports(3)
+        return TritonServer(ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics))
+
+    server = serve_postprocessing_with("block")
+    try:
+        server.start(timeout=120)
+        client = httpclient.InferenceServerClient(server.http_url)
+        logits = np.array([[0.0, 3.0, 1.0, 2.0]], dtype=np.float32)
+        inp = httpclient.InferInput("INPUT__0", list(logits.shape), "FP32")
+        inp.set_data_from_numpy(logits)
+        assert client.infer("postprocessing", [inp]).as_numpy("OUTPUT__1").reshape(-1).tolist() == [1]
+        client.close()
+    finally:
+        server.stop()
+        server.cleanup()
+
+    server = serve_postprocessing_with("sometimes")
+    try:
+        with pytest.raises(MoEError, match="GPU_WAIT must be auto, spin, yield or block, got 'sometimes'"):
+            server.start(timeout=120)
+    finally:
+        server.stop()
+        server.cleanup()
+
+
 def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
     """`--full-model-dtype float16`: the export runs the test texts through float32 and float16
     first; outside the tolerance it refuses and says what it measured, inside it exports v2 in

@@ -116,6 +116,9 @@ class ModelState : public BackendModel {
   // Local change: threads per instance that send the instance's responses (0: the instance's
   // own thread sends them, as upstream does).
   int ResponseThreads() const { return response_threads_; }
+  // Local change: how a thread of this process waits for its GPU ("auto": CUDA's choice, which
+  // spins while the process has fewer CUDA contexts than the host has cores).
+  const std::string& GpuWait() const { return gpu_wait_; }
   const std::map<std::string, std::pair<int64_t, int64_t>>& ModelOutputs()
   {
     return model_outputs_;
@@ -144,6 +147,7 @@ class ModelState : public BackendModel {
   // Flag to indicate whether weight sharing is enabled. Defaults to false.
   bool enable_weight_sharing_;
   int response_threads_ = 0;
+  std::string gpu_wait_ = "auto";
 
   // Flag pairs to indicate if various JIT settings are set and
   // enabled respectively. Defaults to (false, true). Default behavior
@@ -575,6 +579,25 @@ ModelState::ParseParameters()
            " threads per instance for model '" + Name() + "'")
               .c_str());
     }
+
+    // Local change: 'GPU_WAIT' sets how this process's threads wait for the instance's GPU
+    // (auto, spin, yield or block); applied when a GPU instance is made.
+    err = GetParameterValue(params, "GPU_WAIT", &gpu_wait_);
+    if (err != nullptr) {
+      if (TRITONSERVER_ErrorCode(err) != TRITONSERVER_ERROR_NOT_FOUND) {
+        return err;
+      } else {
+        TRITONSERVER_ErrorDelete(err);
+      }
+    } else if (
+        gpu_wait_ != "auto" && gpu_wait_ != "spin" && gpu_wait_ != "yield" &&
+        gpu_wait_ != "block") {
+      return TRITONSERVER_ErrorNew(
+          TRITONSERVER_ERROR_INVALID_ARG,
+          (std::string("GPU_WAIT must be auto, spin, yield or block, got '") +
+           gpu_wait_ + "'")
+              .c_str());
+    }
   }
 
   return nullptr;
@@ -720,6 +743,7 @@ class ModelInstanceState : public BackendModelInstance {
 
   // Create CUDA events for statistics collection.
   void CreateCudaEvents(const int32_t& device_id);
+  void SetGpuWait(const int32_t& device_id);
 
   // Get the appropriate CUDA stream for input and output handling based on the
   // instance group type.
@@ -803,6 +827,7 @@ ModelInstanceState::ModelInstanceState(
 #ifdef TRITON_ENABLE_GPU
     device_ = torch::Device(torch::kCUDA, DeviceId());
     CreateCudaEvents(DeviceId());
+    SetGpuWait(DeviceId());
 #endif
   }
 
@@ -2593,6 +2618,41 @@ ModelInstanceState::CreateCudaEvents(const int32_t& device_id)
   THROW_IF_BACKEND_INSTANCE_ERROR(ConvertCUDAStatusToTritonError(
       cudaEventCreate(&compute_output_start_event_),
       TRITONSERVER_ERROR_INTERNAL, "Failed to create cuda event"));
+#endif
+}
+
+// Local change: every wait for the GPU on this device, the backend's stream synchronisations and
+// the model's own (a tensor read on the host), spins by default on a host with more cores than
+// CUDA contexts: a thread that waits keeps its core. "block" makes it sleep until the GPU is done,
+// "yield" spin but give its core to any thread that wants it. The flags belong to the device's
+// context, which every model of this process shares: the last instance made decides.
+void
+ModelInstanceState::SetGpuWait(const int32_t& device_id)
+{
+#ifdef TRITON_ENABLE_GPU
+  const std::string& wait = model_state_->GpuWait();
+  if (wait == "auto") {
+    return;
+  }
+  const unsigned int flag = wait == "spin"    ? cudaDeviceScheduleSpin
+                            : wait == "yield" ? cudaDeviceScheduleYield
+                                              : cudaDeviceScheduleBlockingSync;
+  THROW_IF_BACKEND_INSTANCE_ERROR(ConvertCUDAStatusToTritonError(
+      cudaSetDevice(device_id), TRITONSERVER_ERROR_INTERNAL,
+      "Failed to set the device"));
+  THROW_IF_BACKEND_INSTANCE_ERROR(ConvertCUDAStatusToTritonError(
+      cudaSetDeviceFlags(flag), TRITONSERVER_ERROR_INTERNAL,
+      "Failed to set how threads wait for the GPU"));
+  unsigned int flags = 0;
+  THROW_IF_BACKEND_INSTANCE_ERROR(ConvertCUDAStatusToTritonError(
+      cudaGetDeviceFlags(&flags), TRITONSERVER_ERROR_INTERNAL,
+      "Failed to read the device's flags"));
+  LOG_MESSAGE(
+      TRITONSERVER_LOG_INFO,
+      (std::string("Threads wait for GPU ") + std::to_string(device_id) +
+       " by '" + wait + "' for model instance '" + Name() +
+       "' (device flags now " + std::to_string(flags) + ")")
+          .c_str());
 #endif
 }
 
