@@ -6,6 +6,10 @@ change only precision (TF32 matmuls, bf16 or fp16 weights).
 
 A variant's name may end in `-groupsN`: FullModel's length groups, the texts run sorted by
 length in groups of N, each padded only to its own longest text (what a CPU export serves).
+`-graphs` (dense variants only, a GPU only): the eager model, with no host synchronisation left,
+captured as CUDA graphs, one per batch shape and calling thread, each call's texts padded to a
+multiple of GRAPH_TOKENS tokens and replayed in one launch: what removing every per-operation
+launch and the interpreter would leave.
 
 For each variant: every label of the 7,600 test texts and the largest probability difference
 against the fp32 eager model on the same GPU; milliseconds per call and texts/s with 1 and N
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import threading
@@ -47,7 +52,10 @@ VARIANTS = {
     "fp32-dense": torch.float32,
     "fp16-dense": torch.float16,
     "fp32-groups64": torch.float32,
+    "fp16-dense-graphs": torch.float16,
 }
+# A graph is captured per padded length; texts are padded up to a multiple of this many tokens.
+GRAPH_TOKENS = 32
 
 
 def length_group(name: str) -> int:
@@ -76,9 +84,79 @@ class DenseExperts(nn.Module):
         return (picked * weights.to(picked.dtype).unsqueeze(2)).sum(1), expert_ids, logits
 
 
+def padded_forward(model, ids: Tensor, mask: Tensor) -> Tensor:
+    """The model's logits with every position of [B, T] run as a token: no packing of the real
+    tokens, so no shape that depends on the data. Attention leaves padding keys out and the mean
+    over each text leaves padding out, so real texts get the packed forward's answer."""
+    B, T = ids.shape
+    mask = mask.to(torch.bool)
+    every = torch.arange(B * T, device=ids.device)
+    x = model.embedding(ids.reshape(-1), torch.remainder(every, T))
+    for block in model.blocks:
+        x = block(x, mask, every)[0]
+    h = model.classifier.norm(x).view(B, T, -1)
+    h = torch.where(mask.unsqueeze(2), h, torch.zeros_like(h)).sum(1)
+    return model.classifier.head(h / mask.sum(1, keepdim=True).to(h.dtype).clamp(min=1.0))
+
+
+class GraphedModel:
+    """A measurement only: `model` (whose forward must not synchronise with the host) called as
+    FullModel is, through CUDA graphs. Each calling thread (bind) replays graphs of its own, on
+    static buffers of its own; each (batch, padded length) is captured on first use."""
+
+    def __init__(self, model, pad_id: int, max_len: int):
+        self.model, self.pad_id, self.max_len = model, pad_id, max_len
+        self.graphs: dict = {}
+        self.local = threading.local()
+
+    def bind(self, copy_index: int) -> None:
+        self.local.copy = copy_index
+
+    def capture(self, key: tuple):
+        batch, tokens = key[1:]
+        ids = torch.full((batch, tokens), self.pad_id, dtype=torch.int64, device="cuda")
+        mask = torch.zeros((batch, tokens), dtype=torch.bool, device="cuda")
+        mask[:, 0] = True
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(3):
+                padded_forward(self.model, ids, mask)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            probs = torch.softmax(padded_forward(self.model, ids, mask).float(), -1)
+        return graph, ids, mask, probs
+
+    def __call__(self, flat_ids, flat_mask, lengths):
+        from export.pieces import unflatten_ragged
+
+        ids, mask = unflatten_ragged(flat_ids, flat_mask, lengths, self.pad_id)
+        batch, length = ids.shape
+        tokens = min(self.max_len, -(-length // GRAPH_TOKENS) * GRAPH_TOKENS)
+        key = (getattr(self.local, "copy", 0), batch, tokens)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(key)
+        graph, static_ids, static_mask, probs = self.graphs[key]
+        static_ids.fill_(self.pad_id)
+        static_mask.zero_()
+        static_ids[:, :length].copy_(ids)
+        static_mask[:, :length].copy_(mask)
+        graph.replay()
+        return probs, probs.argmax(1), []
+
+    def prepare(self, data: list[tuple], copies: int) -> None:
+        """Every shape of `data` captured for `copies` threads before anything is timed."""
+        for copy_index, inputs in itertools.product(range(copies), data):
+            self.bind(copy_index)
+            self(*(t.to("cuda") for t in inputs))
+        torch.cuda.synchronize()
+        self.bind(0)
+
+
 def variant_model(model, name: str):
     model = copy.deepcopy(model).to(VARIANTS[name.split("-groups")[0]]).eval()
-    if name.endswith("-dense"):
+    if "-dense" in name:
         for block in model.blocks:
             block.moe = DenseExperts(block.moe)
     return model
@@ -122,6 +200,8 @@ def rate(module, data: list[tuple], device: str, threads: int, seconds: float) -
     def work(t: int) -> None:
         stream = torch.cuda.Stream() if device == "cuda" else None
         i = t
+        if hasattr(module, "bind"):
+            module.bind(t)
         with torch.inference_mode(), torch.cuda.stream(stream):
             while time.perf_counter() < stop:
                 call(module, data[i % len(data)], device)
@@ -196,18 +276,35 @@ def main() -> None:
         variants={},
         texts=len(texts),
     )
+    threads = list(map(int, args.threads.split(",")))
     for name in args.variants.split(","):
         set_tf32(name == "fp32+tf32")
-        module = torch.jit.script(FullModel(variant_model(model, name), length_group(name))).to(device)
-        entry = dict(agreement=agreement(module, reference, full, device), speed=[])
+        if name.endswith("-graphs"):
+            if device != "cuda":
+                print(f"{name}: CUDA graphs need a GPU, skipped", flush=True)
+                continue
+            module = GraphedModel(variant_model(model, name).to(device), cfg.pad_id, cfg.max_len)
+        else:
+            module = torch.jit.script(FullModel(variant_model(model, name), length_group(name))).to(device)
+        try:
+            entry = dict(agreement=agreement(module, reference, full, device), speed=[])
+        except RuntimeError as e:  # a forward that cannot be captured: say so, keep the rest of the run
+            entry = dict(agreement=dict(error=repr(e)), speed=[])
         for size in map(int, args.batches.split(",")):
             data = batches(tokenizer, texts[: 32 * size], size, cfg.max_len)
+            if hasattr(module, "prepare"):
+                try:
+                    module.prepare(data, max(threads))
+                except RuntimeError as e:  # a forward that synchronises cannot be captured
+                    entry["speed"].append(dict(batch=size, capture_error=repr(e)))
+                    print(json.dumps({name: entry["speed"][-1]}), flush=True)
+                    break
             with torch.inference_mode():
                 for b in data[:5]:
                     call(module, b, device)
             row = dict(
                 batch=size,
-                rates=[rate(module, data, device, t, args.seconds) for t in map(int, args.threads.split(","))],
+                rates=[rate(module, data, device, t, args.seconds) for t in threads],
             )
             if device == "cuda":
                 try:
