@@ -7,9 +7,9 @@ change only precision (TF32 matmuls, bf16 or fp16 weights).
 A variant's name may end in `-groupsN`: FullModel's length groups, the texts run sorted by
 length in groups of N, each padded only to its own longest text (what a CPU export serves).
 `-graphs` (dense variants only, a GPU only): the eager model, with no host synchronisation left,
-captured as CUDA graphs, one per batch shape and calling thread, each call's texts padded to a
-multiple of GRAPH_TOKENS tokens and replayed in one launch: what removing every per-operation
-launch and the interpreter would leave.
+captured as CUDA graphs, one per padded shape and calling thread (rows up to a power of two,
+tokens up to a multiple of GRAPH_TOKENS) and replayed in one launch: what removing every
+per-operation launch and the interpreter would leave.
 
 For each variant: every label of the 7,600 test texts and the largest probability difference
 against the fp32 eager model on the same GPU; milliseconds per call and texts/s with 1 and N
@@ -133,17 +133,21 @@ class GraphedModel:
 
         ids, mask = unflatten_ragged(flat_ids, flat_mask, lengths, self.pad_id)
         batch, length = ids.shape
+        # Rows up to a power of two and tokens up to a multiple of GRAPH_TOKENS: the few shapes a
+        # served model would capture. A padding row holds one token, so no row is fully masked.
+        rows = 1 << (batch - 1).bit_length()
         tokens = min(self.max_len, -(-length // GRAPH_TOKENS) * GRAPH_TOKENS)
-        key = (getattr(self.local, "copy", 0), batch, tokens)
+        key = (getattr(self.local, "copy", 0), rows, tokens)
         if key not in self.graphs:
             self.graphs[key] = self.capture(key)
         graph, static_ids, static_mask, probs = self.graphs[key]
         static_ids.fill_(self.pad_id)
         static_mask.zero_()
-        static_ids[:, :length].copy_(ids)
-        static_mask[:, :length].copy_(mask)
+        static_mask[batch:, 0] = True
+        static_ids[:batch, :length].copy_(ids)
+        static_mask[:batch, :length].copy_(mask)
         graph.replay()
-        return probs, probs.argmax(1), []
+        return probs[:batch], probs[:batch].argmax(1), []
 
     def prepare(self, data: list[tuple], copies: int) -> None:
         """Every shape of `data` captured for `copies` threads before anything is timed."""
