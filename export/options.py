@@ -45,20 +45,22 @@ class ExportOptions:
     # them, or "host": the logits copied to host memory once per batch and the answer computed
     # there. The libtorch backend copies each request's rows of each output into its answer on
     # the instance's thread; from host memory those are memcpys instead of GPU copies. "auto":
-    # device, until a second GPU comparison agrees with the first (docs/gpu_serving.md, call
-    # 16: host served 5-8 % more, on a host that had itself sped up). On the CPU both are the same.
+    # device. On one H100 host served 5-8 % more in one call and 3-11 % less in the next, each
+    # time on a host whose own speed had moved as much (docs/gpu_serving.md, calls 16 and 17).
+    # On the CPU both are the same.
     full_model_answer: str = "auto"
     # Threads per full_model instance that send its answers (the vendored libtorch backend's
     # RESPONSE_THREADS; third_party/triton/README.md): sending one runs Triton's ensemble and HTTP
     # completion of that request on the sending thread, which is otherwise the instance's own,
-    # before it takes its next batch. 0: the instance's thread, as upstream. None: 0 until
-    # measured on a GPU.
+    # before it takes its next batch. 0: the instance's thread, as upstream. None: 0; on one H100
+    # two threads served as many single texts and batches as none (docs/gpu_serving.md, call 17).
     full_model_response_threads: int | None = None
     # How tritonserver's threads wait for the GPU (the vendored libtorch backend's GPU_WAIT, set
     # on full_model; it holds for the whole process): "spin", "yield", "block", or "auto", CUDA's
     # choice, which spins on a host with more cores than CUDA contexts, so a thread waiting for a
     # batch (the model reads the experts' token counts on the host, the backend synchronises its
-    # stream) keeps a core the host's other stages may want. "auto" until measured on a GPU.
+    # stream) keeps a core the host's other stages may want. "auto": on one H100 "block" served
+    # 23 % fewer single texts and 16 % fewer batches of 32 (docs/gpu_serving.md, call 17).
     gpu_wait: str = "auto"
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
