@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bench.gpu import GpuSampler, gpu_busy
 from bench.host import host_busy_seconds, host_cpu
 
 Request = tuple[str, list[str]]  # (workflow "v1" | "v2", texts)
@@ -127,12 +128,14 @@ def batches(texts: list[str], batch_size: int, n: int, start: int = 0) -> list[l
 async def closed_loop_level(client, workflow: str, plan, want, untimed, concurrency: int, progress) -> dict:
     """A timed level of the Python load client (bench/load.py): its summary, this process's CPU
     and how many answers differ from the eager model's."""
-    cpu0, host0, wall0 = time.process_time(), host_busy_seconds(), time.monotonic()
-    run = await closed_loop(client, [(workflow, t) for t in plan], concurrency, progress=progress, keep_busy=untimed)
-    cpu, host, wall = time.process_time() - cpu0, host_busy_seconds() - host0, time.monotonic() - wall0
+    with GpuSampler() as gpus:
+        cpu0, host0, wall0 = time.process_time(), host_busy_seconds(), time.monotonic()
+        requests = [(workflow, t) for t in plan]
+        run = await closed_loop(client, requests, concurrency, progress=progress, keep_busy=untimed)
+        cpu, host, wall = time.process_time() - cpu0, host_busy_seconds() - host0, time.monotonic() - wall0
     pairs = [(g, w) for got, exp in zip(run.answers, want) if got is not None for g, w in zip(got, exp)]
     disagreements = sum(g != w for g, w in pairs)
-    summary = host_cpu(run.summary(), host, wall, len(plan) + run.untimed)
+    summary = gpu_busy(host_cpu(run.summary(), host, wall, len(plan) + run.untimed), gpus.percent)
     return dict(
         **summary,
         # This process's CPU (the load generator and the memory sampler) per request sent, and as

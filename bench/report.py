@@ -38,8 +38,8 @@ def markdown(result: dict) -> str:
     lines += [
         "| workflow | texts per request | concurrency | texts/s | p50 ms | p95 ms | p99 ms | errors | "
         "agrees with eager | load generator, % of a core | load generator's ceiling, req/s | "
-        "host: busy cores, CPU ms per request |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "host: busy cores, CPU ms per request | GPU busy, % |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     sizes = result["baselines"]["batch_sizes"]
     for b in sizes["per_request"]:
@@ -50,7 +50,7 @@ def markdown(result: dict) -> str:
         for name, size, s in rows:
             lines.append(
                 f"| {name} | {size} | 1 | {s['throughput']:.1f} | {_fmt(s['p50_ms'])} | "
-                f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 | | | |"
+                f"{_fmt(s['p95_ms'])} | {_fmt(s['p99_ms'])} | 0 | 1.0000 | | | | |"
             )
         for lv in sorted(
             (lv for lv in result["levels"] if lv["batch_size"] == b), key=lambda lv: (lv["workflow"], lv["concurrency"])
@@ -63,10 +63,11 @@ def markdown(result: dict) -> str:
             host = ""
             if "host_busy_cores" in lv:
                 host = f"{_fmt(lv['host_busy_cores'])}, {_fmt(lv['host_cpu_ms_per_request'], 3)}"
+            gpu = ", ".join(_fmt(p, 0) for p in lv.get("gpu_busy_percent") or [])
             lines.append(
                 f"| {lv['workflow']} | {b} | {lv['concurrency']} | {lv['throughput']:.1f} | "
                 f"{_fmt(lv['p50_ms'])} | {_fmt(lv['p95_ms'])} | {_fmt(lv['p99_ms'])} | {lv['errors']} | "
-                f"{_fmt(lv['agreement_with_eager'], 4)} | {load_cpu} | {ceiling} | {host} |"
+                f"{_fmt(lv['agreement_with_eager'], 4)} | {load_cpu} | {ceiling} | {host} | {gpu} |"
             )
     lines += ["", "| target | required | measured | met |", "|---|---|---:|---|"]
     for t in result["targets"]:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.gpu import GpuSampler, gpu_busy
 from bench.host import host_busy_seconds, host_cpu
 from moe.errors import MoEError
 
@@ -272,12 +273,13 @@ def bench_level(
     expected = expected_answers(labels, class_names)
     if connections not in ceilings:
         ceilings[connections] = ceiling(url, connections)
-    cpu0, host0, wall0 = resource.getrusage(resource.RUSAGE_CHILDREN), host_busy_seconds(), time.monotonic()
-    level = run_level(url, model, requests, expected, connections, seconds)
-    cpu1, host1, wall1 = resource.getrusage(resource.RUSAGE_CHILDREN), host_busy_seconds(), time.monotonic()
+    with GpuSampler() as gpus:
+        cpu0, host0, wall0 = resource.getrusage(resource.RUSAGE_CHILDREN), host_busy_seconds(), time.monotonic()
+        level = run_level(url, model, requests, expected, connections, seconds)
+        cpu1, host1, wall1 = resource.getrusage(resource.RUSAGE_CHILDREN), host_busy_seconds(), time.monotonic()
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     rate = level["requests_per_s"]
-    level = host_cpu(level, host1 - host0, wall1 - wall0, level["requests"])
+    level = gpu_busy(host_cpu(level, host1 - host0, wall1 - wall0, level["requests"]), gpus.percent)
     return dict(
         level,
         load_cpu_ms_per_request=round(1e3 * cpu / max(level["requests"], 1), 3),
