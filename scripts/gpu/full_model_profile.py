@@ -102,7 +102,9 @@ def padded_forward(model, ids: Tensor, mask: Tensor) -> Tensor:
 class GraphedModel:
     """A measurement only: `model` (whose forward must not synchronise with the host) called as
     FullModel is, through CUDA graphs. Each calling thread (bind) replays graphs of its own, on
-    static buffers of its own; each (batch, padded length) is captured on first use."""
+    static buffers of its own; each padded shape is captured on first use (prepare: before
+    anything is timed). A call's one host synchronisation is unflattening the ragged batch (its
+    longest text), which a served version would avoid by taking padded inputs."""
 
     def __init__(self, model, pad_id: int, max_len: int):
         self.model, self.pad_id, self.max_len = model, pad_id, max_len
