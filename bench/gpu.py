@@ -1,7 +1,8 @@
 """The GPUs' utilisation over a span, sampled by nvidia-smi: what a benchmark level kept them busy.
 
 nvidia-smi's `utilization.gpu` is the share of the sample period in which some kernel ran, so a
-level whose GPUs stay well under 100 % is bound elsewhere (the host, a queue, launches)."""
+level whose GPUs stay well under 100 % is bound elsewhere (the host, a queue, launches). The
+sampler's own CPU, a query every 200 ms, is part of what the level's host reading counts."""
 
 from __future__ import annotations
 
