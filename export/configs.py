@@ -32,6 +32,14 @@ def gpu_wait_parameter(wait: str) -> str:
     return "" if wait == "auto" else f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}'
 
 
+def cuda_graphs_parameter(max_batch: int) -> str:
+    """full_model's CUDA_GRAPH_MAX_BATCH for the vendored backend (ExportOptions.full_model_cuda_graphs
+    says why); none for 0."""
+    return (
+        f'\nparameters {{ key: "CUDA_GRAPH_MAX_BATCH" value: {{ string_value: "{max_batch}" }} }}' if max_batch else ""
+    )
+
+
 def placeholders(text: str) -> set[str]:
     return {m.group("named") or m.group("braced") for m in string.Template.pattern.finditer(text)} - {None}
 
@@ -91,7 +99,8 @@ def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
             "libtorch_parameters": LIBTORCH_PARAMETERS
             + ("" if opts.full_model_dtype == "float32" else "\n" + HALF_PRECISION_PARAMETERS)
             + response_threads_parameter(opts.full_model_response_threads)
-            + gpu_wait_parameter(opts.gpu_wait),
+            + gpu_wait_parameter(opts.gpu_wait)
+            + cuda_graphs_parameter(opts.full_model_cuda_graphs),
             **placement(opts, opts.full_model_instances, gpu=None),
         },
         "tokenizer": {

@@ -62,6 +62,12 @@ class ExportOptions:
     # stream) keeps a core the host's other stages may want. "auto": on one H100 "block" served
     # 23 % fewer single texts and 16 % fewer batches of 32 (docs/gpu_serving.md, call 17).
     gpu_wait: str = "auto"
+    # Executions of v2's model of at most this many texts replay CUDA graphs (the vendored libtorch
+    # backend's CUDA_GRAPH_MAX_BATCH; third_party/triton/README.md): one launch for the whole
+    # forward, which otherwise launches each of its kernels from the TorchScript interpreter and
+    # reads the experts' token counts on the host. Graphed batches run FullModel.device_answer:
+    # every padded position as a token and every expert on every token. 0: never. None: 0.
+    full_model_cuda_graphs: int | None = None
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
@@ -107,6 +113,7 @@ class ExportOptions:
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
             full_model_answer=self.full_model_answer if self.full_model_answer != "auto" else "device",
             full_model_response_threads=self.full_model_response_threads or 0,
+            full_model_cuda_graphs=self.full_model_cuda_graphs or 0,
         )
 
 

@@ -107,10 +107,20 @@ class Postprocessing(nn.Module):
         self.labels = list(labels)
 
     def forward(self, logits: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
+        probs, label_id = self.probabilities(logits)
+        return self.named(probs, label_id)
+
+    @torch.jit.export
+    def probabilities(self, logits: Tensor) -> Tuple[Tensor, Tensor]:
+        """logits [B, C] -> probabilities [B, C] and the most likely class id [B, 1]."""
         probs = torch.softmax(logits.float(), dim=-1)
-        label_id = probs.argmax(dim=-1)
-        ids: List[int] = label_id.tolist()
-        return probs, label_id.unsqueeze(1), [self.labels[i] for i in ids]
+        return probs, probs.argmax(dim=-1, keepdim=True)
+
+    @torch.jit.export
+    def named(self, probs: Tensor, label_id: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
+        """The answer with each class id's name: the host reads the ids."""
+        ids: List[int] = label_id.reshape(-1).tolist()
+        return probs, label_id, [self.labels[i] for i in ids]
 
 
 def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) -> Tuple[Tensor, Tensor]:
@@ -122,6 +132,20 @@ def unflatten_ragged(ids: Tensor, mask: Tensor, lengths: Tensor, pad_id: int) ->
     keep = torch.arange(int(lengths.max()), device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)
     padded_ids = torch.full(keep.shape, pad_id, dtype=ids.dtype, device=ids.device).masked_scatter(keep, ids)
     padded_mask = torch.zeros(keep.shape, dtype=torch.bool, device=ids.device).masked_scatter(keep, mask)
+    return padded_ids, padded_mask
+
+
+def unflatten_fixed(ids: Tensor, mask: Tensor, lengths: Tensor, T: int, pad_id: int) -> Tuple[Tensor, Tensor]:
+    """unflatten_ragged to a width T given, not read from the data: gathers only, so no host
+    synchronisation. Every text must be at most T long. A row of length 0 (a row of zeros that
+    pads a batch) gets one masked-in padding token, so attention has a key in every row."""
+    lengths = lengths.reshape(-1).to(torch.int64)
+    starts = torch.cumsum(lengths, 0) - lengths
+    positions = torch.arange(T, device=ids.device).unsqueeze(0)
+    keep = positions < lengths.unsqueeze(1)
+    source = (starts.unsqueeze(1) + positions).clamp(max=ids.shape[0] - 1)
+    padded_ids = torch.where(keep, ids[source], torch.full_like(source, pad_id).to(ids.dtype))
+    padded_mask = (keep & mask[source].to(torch.bool)) | ((positions == 0) & (lengths == 0).unsqueeze(1))
     return padded_ids, padded_mask
 
 
@@ -146,6 +170,7 @@ class FullModel(nn.Module):
         self.model = model
         self.answer = Postprocessing(list(model.cfg.labels))
         self.pad_id = model.cfg.pad_id
+        self.max_len = model.cfg.max_len
         self.n_classes = model.cfg.n_classes
         self.length_group = length_group
         self.answer_on_host = answer_on_host
@@ -153,6 +178,20 @@ class FullModel(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
         logits = self.logits(ids, mask, lengths)
         return self.answer(logits.cpu() if self.answer_on_host else logits)
+
+    @torch.jit.export
+    def device_answer(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
+        """forward's probabilities and class ids, computed as a CUDA graph can capture them
+        (MoEClassifier.forward_padded, every text padded to the widest a batch of ids.shape[0]
+        tokens may hold): the vendored libtorch backend's CUDA_GRAPH_MAX_BATCH replays this
+        for small batches, its inputs padded with rows of zeros, and then calls host_answer."""
+        width = min(self.max_len, ids.shape[0])
+        ids, mask = unflatten_fixed(ids, mask, lengths, width, self.pad_id)
+        return self.answer.probabilities(self.model.forward_padded(ids, mask))
+
+    @torch.jit.export
+    def host_answer(self, probs: Tensor, label_id: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
+        return self.answer.named(probs, label_id)
 
     @torch.jit.export
     def logits(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tensor:

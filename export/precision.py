@@ -26,6 +26,7 @@ import torch
 from moe.data import DEFAULT_DATA, load_split
 from moe.errors import MoEError
 from moe.evaluate import predict
+from moe.tokenizer import encode
 
 from .options import FULL_MODEL_DTYPES, ExportOptions
 
@@ -46,12 +47,30 @@ def probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tens
     return torch.cat([p for p, _ in predict(model, tokenizer, texts, model.cfg, 256, device)])
 
 
+@torch.no_grad()
+def padded_probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tensor:
+    """probabilities through MoEClassifier.forward_padded, the form CUDA graphs serve."""
+    out = []
+    for s in range(0, len(texts), 256):
+        ids, mask = encode(tokenizer, texts[s : s + 256], model.cfg.max_len)
+        out.append(torch.softmax(model.forward_padded(ids.to(device), mask.to(device)).float(), -1).cpu())
+    return torch.cat(out)
+
+
 def check_precision(
-    model, half, tokenizer, dtype: str, export_device: str, texts: int | None = None, data=DEFAULT_DATA, log=print
+    model,
+    half,
+    tokenizer,
+    dtype: str,
+    export_device: str,
+    texts: int | None = None,
+    data=DEFAULT_DATA,
+    log=print,
+    padded: bool = False,
 ) -> dict:
-    """The gate: `half` against `model` (fp32) on the first `texts` test texts (None: all).
-    Returns what it measured; raises MoEError if a label differs or a probability moves more
-    than TOLERANCE."""
+    """The gate: `half` against `model` (fp32) on the first `texts` test texts (None: all), and
+    with `padded` (CUDA graphs) `half`'s padded forward as well. Returns what it measured; raises
+    MoEError if a label differs or a probability moves more than TOLERANCE."""
     device = "cuda" if export_device == "cuda" and torch.cuda.is_available() else "cpu"
     try:
         texts = load_split(str(data), "test").texts[:texts]
@@ -59,13 +78,17 @@ def check_precision(
         raise MoEError(f"--full-model-dtype {dtype} is checked on the test set, which is missing: {e}") from None
     log(f"precision check: {len(texts)} test texts in float32 and {dtype} on {device}")
     reference = probabilities(copy.deepcopy(model).to(device), tokenizer, texts, device)
-    got = probabilities(copy.deepcopy(half).to(device), tokenizer, texts, device)
+    half_on_device = copy.deepcopy(half).to(device)
+    forms = [probabilities(half_on_device, tokenizer, texts, device)]
+    if padded:  # both forms serve: CUDA graphs the padded one, larger batches the packed one
+        forms.append(padded_probabilities(half_on_device, tokenizer, texts, device))
     result = dict(
         dtype=dtype,
         device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         texts=len(texts),
-        labels_unlike_float32=int((got.argmax(1) != reference.argmax(1)).sum()),
-        max_prob_diff=round(float((got - reference).abs().max()), 6),
+        forms="packed and padded" if padded else "packed",
+        labels_unlike_float32=max(int((got.argmax(1) != reference.argmax(1)).sum()) for got in forms),
+        max_prob_diff=round(max(float((got - reference).abs().max()) for got in forms), 6),
         tolerance=TOLERANCE,
     )
     if result["labels_unlike_float32"] or not result["max_prob_diff"] <= TOLERANCE:
@@ -94,4 +117,17 @@ def choose_full_model(model, tokenizer, opts: ExportOptions, log=print) -> tuple
     half = half_model(model, dtype)
     if half is model:
         return model, dtype, None
-    return half, dtype, check_precision(model, half, tokenizer, dtype, opts.device, opts.precision_check_texts, log=log)
+    return (
+        half,
+        dtype,
+        check_precision(
+            model,
+            half,
+            tokenizer,
+            dtype,
+            opts.device,
+            opts.precision_check_texts,
+            log=log,
+            padded=bool(opts.full_model_cuda_graphs),
+        ),
+    )

@@ -132,6 +132,8 @@ def export_repository(
         raise MoEError(f"--full-model-answer must be auto, device or host, got {opts.full_model_answer!r}")
     if opts.gpu_wait not in GPU_WAITS:
         raise MoEError(f"--gpu-wait must be one of {', '.join(GPU_WAITS)}, got {opts.gpu_wait!r}")
+    if opts.full_model_cuda_graphs and opts.device != "cuda":
+        raise MoEError("--full-model-cuda-graphs needs --device cuda: CUDA graphs run on a GPU only")
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     tokenizer = load_fast_tokenizer(ckpt / TOKENIZER)

@@ -172,6 +172,18 @@ class MoEFeedForward(nn.Module):
         update = combine(torch.cat(outputs), weights, slot_order)
         return update, expert_ids, logits
 
+    def forward_dense(self, h: Tensor) -> Tensor:
+        """The update of `forward`, with every expert run on every token and its top-k outputs
+        picked: E/k times the experts' FLOPs, but no shape that depends on the routing and no
+        host synchronisation, so CUDA graphs can capture it."""
+        expert_ids, weights, _ = self.router(h)
+        outputs: List[Tensor] = []
+        for expert in self.experts:
+            outputs.append(expert(h))
+        every = torch.stack(outputs, 1)  # [N, E, D]
+        picked = every.gather(1, expert_ids.unsqueeze(2).expand(-1, -1, every.shape[2]))  # [N, k, D]
+        return (picked * weights.to(picked.dtype).unsqueeze(2)).sum(1)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: MoEConfig, layer: int):
@@ -187,6 +199,11 @@ class Block(nn.Module):
         update, expert_ids, logits = self.moe(h)
         return x + update, expert_ids, logits
 
+    def forward_dense(self, x: Tensor, mask: Tensor, real: Tensor) -> Tensor:
+        """forward's x, through MoEFeedForward.forward_dense."""
+        x, h = self.attention(x, mask, real)
+        return x + self.moe.forward_dense(h)
+
 
 class Classifier(nn.Module):
     def __init__(self, cfg: MoEConfig):
@@ -199,7 +216,9 @@ class Classifier(nn.Module):
         """x [N, D], the real tokens (see SelfAttention.attend) -> logits [B, C], from the mean
         of each text's tokens."""
         B, T = mask.shape
-        summed = pad_real_tokens(self.norm(x), real, B, T).sum(1)
+        # Masked again for MoEClassifier.forward_padded, whose x holds padding positions too.
+        tokens = pad_real_tokens(self.norm(x), real, B, T) * mask.unsqueeze(2).to(x.dtype)
+        summed = tokens.sum(1)
         return self.head(summed / mask.sum(1, keepdim=True).to(summed.dtype).clamp(min=1.0))
 
 
@@ -241,6 +260,20 @@ class MoEClassifier(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.forward_routed(ids, mask)[0]
+
+    def forward_padded(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """forward's logits with every position of [B, T] run as a token and every expert on
+        every token (MoEFeedForward.forward_dense): no shape that depends on the data and no host
+        synchronisation, the form a CUDA graph captures. Attention leaves padding keys out and
+        the classifier's mean leaves padding out, so real texts get forward's answer. A row
+        with no real token computes garbage that stays in its row."""
+        mask = mask.to(torch.bool)
+        B, T = ids.shape
+        every = torch.arange(B * T, device=ids.device)
+        x = self.embedding(ids.reshape(-1), torch.remainder(every, T))
+        for block in self.blocks:
+            x = block.forward_dense(x, mask, every)
+        return self.classifier(x, mask, every)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -16,6 +16,9 @@
 #   rtNhost    (N one digit) both: N response threads and the answer in host memory
 #   qdN        the default export with every dynamic batcher waiting up to N µs to fill a batch
 #              (--queue-delay-us N): fewer executions, so less host CPU per request
+#   graphsN    the default export with full_model's executions of at most N texts replayed as CUDA
+#              graphs (--full-model-cuda-graphs N), the same way
+#   sgraphsN   the same export, v2 single texts only at concurrency 1 and 192 (answers checked)
 #   waitW      the default export with tritonserver's threads waiting for the GPU by W (spin, yield or
 #              block: --gpu-wait W): a thread that blocks leaves its core to the host's other stages
 #   shapes     first and second calls of full_model per single-text shape (half_shapes.py)
@@ -62,6 +65,11 @@ for step in ${STEPS:-default tokenizer profile}; do
       timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" \
         --full-model-response-threads "${step:2:1}" --full-model-answer host ;;
     rt[0-9]*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-response-threads "${step#rt}" ;;
+    graphs[0-9]*)
+      timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-cuda-graphs "${step#graphs}" ;;
+    sgraphs[0-9]*)
+      WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh "$step" "$R" --full-model-cuda-graphs "${step#sgraphs}" ;;
     wait*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --gpu-wait "${step#wait}" ;;
     shapes) timeout 120 python3 scripts/gpu/half_shapes.py --out "$R/half_shapes.json" ;;
     blsmb[0-9]*)

@@ -59,6 +59,13 @@ from .common import field_option, friendly_errors
 )
 @field_option(
     ExportOptions,
+    "full_model_cuda_graphs",
+    type=click.IntRange(min=0),
+    help="executions of v2's model of at most N texts replay a CUDA graph, one launch for the whole "
+    "forward (--device cuda only; 0: never, the default)",
+)
+@field_option(
+    ExportOptions,
     "precision_check_texts",
     type=click.IntRange(min=1),
     help="check a half-precision v2 on the first N test texts only (default: all 7,600)",

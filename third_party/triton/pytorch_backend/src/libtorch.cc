@@ -56,8 +56,10 @@
 #endif  // TRITON_PYTORCH_ENABLE_TORCHVISION
 
 #ifdef TRITON_ENABLE_GPU
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #endif  // TRITON_ENABLE_GPU
 
@@ -119,6 +121,9 @@ class ModelState : public BackendModel {
   // Local change: how a thread of this process waits for its GPU ("auto": CUDA's choice, which
   // spins while the process has fewer CUDA contexts than the host has cores).
   const std::string& GpuWait() const { return gpu_wait_; }
+  // Local change: executions of at most this many batch elements replay CUDA graphs of the
+  // module's `device_answer` method (0: never).
+  int CudaGraphMaxBatch() const { return cuda_graph_max_batch_; }
   const std::map<std::string, std::pair<int64_t, int64_t>>& ModelOutputs()
   {
     return model_outputs_;
@@ -148,6 +153,7 @@ class ModelState : public BackendModel {
   bool enable_weight_sharing_;
   int response_threads_ = 0;
   std::string gpu_wait_ = "auto";
+  int cuda_graph_max_batch_ = 0;
 
   // Flag pairs to indicate if various JIT settings are set and
   // enabled respectively. Defaults to (false, true). Default behavior
@@ -598,6 +604,24 @@ ModelState::ParseParameters()
            gpu_wait_ + "'")
               .c_str());
     }
+
+    // Local change: 'CUDA_GRAPH_MAX_BATCH' > 0 runs executions of at most
+    // that many batch elements as CUDA graphs (ModelInstanceState::RunGraphed).
+    err = ParseParameter(
+        params, "CUDA_GRAPH_MAX_BATCH", &cuda_graph_max_batch_);
+    if (err != nullptr) {
+      if (TRITONSERVER_ErrorCode(err) != TRITONSERVER_ERROR_NOT_FOUND) {
+        return err;
+      } else {
+        TRITONSERVER_ErrorDelete(err);
+      }
+    } else if (cuda_graph_max_batch_ < 0) {
+      return TRITONSERVER_ErrorNew(
+          TRITONSERVER_ERROR_INVALID_ARG,
+          (std::string("CUDA_GRAPH_MAX_BATCH must be 0 or more, got ") +
+           std::to_string(cuda_graph_max_batch_))
+              .c_str());
+    }
   }
 
   return nullptr;
@@ -721,7 +745,14 @@ class ModelInstanceState : public BackendModelInstance {
       std::vector<TRITONBACKEND_Response*>* responses,
       const uint32_t response_count,
       std::vector<torch::jit::IValue>* input_tensors,
-      std::vector<torch::jit::IValue>* output_tensors);
+      std::vector<torch::jit::IValue>* output_tensors,
+      size_t total_batch_size);
+#ifdef TRITON_ENABLE_GPU
+  // Local change: the model's answer for an execution of 'batch_size'
+  // elements through a CUDA graph of its `device_answer` method.
+  torch::jit::IValue RunGraphed(
+      std::vector<torch::jit::IValue>* input_tensors, size_t batch_size);
+#endif
   TRITONSERVER_Error* SetInputTensors(
       size_t total_batch_size, TRITONBACKEND_Request** requests,
       const uint32_t request_count,
@@ -794,6 +825,20 @@ class ModelInstanceState : public BackendModelInstance {
 
   // Local change: sends this instance's responses when RESPONSE_THREADS > 0.
   std::unique_ptr<ResponseSender> response_sender_;
+
+#ifdef TRITON_ENABLE_GPU
+  // Local change: the CUDA graphs of `device_answer` this instance captured,
+  // one per padded shape of its inputs, with the static tensors each reads
+  // and writes. They share one memory pool: an instance replays one graph at a
+  // time and its outputs are copied out before the next replay.
+  struct CapturedGraph {
+    std::unique_ptr<at::cuda::CUDAGraph> graph;
+    std::vector<torch::Tensor> inputs;
+    std::vector<torch::Tensor> outputs;
+  };
+  std::map<std::vector<std::vector<int64_t>>, CapturedGraph> graphs_;
+  std::pair<unsigned long long, unsigned long long> graph_pool_{0, 0};
+#endif
 };
 
 TRITONSERVER_Error*
@@ -829,6 +874,22 @@ ModelInstanceState::ModelInstanceState(
     CreateCudaEvents(DeviceId());
     SetGpuWait(DeviceId());
 #endif
+  }
+  // Local change: CUDA graphs are captured on the instance's GPU stream.
+  if (model_state->CudaGraphMaxBatch() > 0) {
+#ifdef TRITON_ENABLE_GPU
+    const bool graphs_possible = Kind() == TRITONSERVER_INSTANCEGROUPKIND_GPU;
+#else
+    const bool graphs_possible = false;
+#endif
+    if (!graphs_possible) {
+      throw BackendModelInstanceException(TRITONSERVER_ErrorNew(
+          TRITONSERVER_ERROR_INVALID_ARG,
+          (std::string("CUDA_GRAPH_MAX_BATCH needs a KIND_GPU instance of a "
+                       "GPU build; instance '") +
+           Name() + "' is not one")
+              .c_str()));
+    }
   }
 
 #ifdef TRITON_ENABLE_GPU
@@ -1569,7 +1630,9 @@ ModelInstanceState::ProcessRequests(
 
   // Run...
   if (!all_response_failed) {
-    Execute(&responses, request_count, &input_tensors, &output_tensors);
+    Execute(
+        &responses, request_count, &input_tensors, &output_tensors,
+        total_batch_size);
   }
 
   // Verify output indices are valid with number of outputs after execution
@@ -1725,7 +1788,7 @@ ModelInstanceState::Execute(
     std::vector<TRITONBACKEND_Response*>* responses,
     const uint32_t response_count,
     std::vector<torch::jit::IValue>* input_tensors,
-    std::vector<torch::jit::IValue>* output_tensors)
+    std::vector<torch::jit::IValue>* output_tensors, size_t total_batch_size)
 {
   NVTX_RANGE(nvtx_, "Execute " + Name());
 
@@ -1776,6 +1839,11 @@ ModelInstanceState::Execute(
       }
       std::vector<torch::jit::IValue> input_dict_ivalue = {input_dict};
       model_outputs_ = torch_model_->forward(input_dict_ivalue);
+#ifdef TRITON_ENABLE_GPU
+    } else if (
+        total_batch_size <= (size_t)model_state_->CudaGraphMaxBatch()) {
+      model_outputs_ = RunGraphed(input_tensors, total_batch_size);
+#endif
     } else {
       model_outputs_ = torch_model_->forward(*input_tensors);
     }
@@ -1824,6 +1892,131 @@ ModelInstanceState::Execute(
             ("PyTorch execute failure: " + std::string(ex.what())).c_str()));
   }
 }
+
+#ifdef TRITON_ENABLE_GPU
+// Local change. The module's contract (third_party/triton/README.md):
+// `device_answer(inputs)` returns a tuple of tensors whose first dimension is
+// the batch, launches GPU work only (no host synchronisation, no shape that
+// depends on the data), and gives real rows the same answer whatever rows of
+// zeros follow them in every input; `host_answer(outputs)` turns its outputs,
+// cut to the execution's batch, into forward's. Each input's first dimension
+// is padded with zeros to a power of two, so a few shapes cover every batch;
+// the graph of a shape is captured the first time it comes.
+namespace {
+// Work queued on 'later' from now on runs after the work queued on 'earlier'.
+void
+StreamAfter(cudaStream_t later, cudaStream_t earlier)
+{
+  cudaEvent_t event;
+  cudaEventCreateWithFlags(&event, cudaEventDisableTiming);
+  cudaEventRecord(event, earlier);
+  cudaStreamWaitEvent(later, event, 0);
+  cudaEventDestroy(event);
+}
+}  // namespace
+
+torch::jit::IValue
+ModelInstanceState::RunGraphed(
+    std::vector<torch::jit::IValue>* input_tensors, size_t batch_size)
+{
+  std::vector<torch::Tensor> inputs;
+  std::vector<std::vector<int64_t>> key;
+  for (auto& input : *input_tensors) {
+    torch::Tensor tensor = input.toTensor();
+    std::vector<int64_t> shape = tensor.sizes().vec();
+    if (shape.empty() || !tensor.is_cuda()) {
+      throw std::invalid_argument(
+          "CUDA_GRAPH_MAX_BATCH needs GPU inputs with a batch dimension");
+    }
+    int64_t padded = 1;
+    while (padded < shape[0]) {
+      padded <<= 1;
+    }
+    shape[0] = padded;
+    inputs.push_back(tensor);
+    key.push_back(shape);
+  }
+
+  auto found = graphs_.find(key);
+  if (found == graphs_.end()) {
+    CapturedGraph captured;
+    for (size_t i = 0; i < inputs.size(); i++) {
+      captured.inputs.push_back(torch::zeros(key[i], inputs[i].options()));
+    }
+    std::vector<torch::jit::IValue> static_inputs(
+        captured.inputs.begin(), captured.inputs.end());
+    auto method = torch_model_->get_method("device_answer");
+    // Captured on a stream of its own that does not wait for the legacy
+    // default stream, as torch.cuda.graph does; the instance's stream waits
+    // for it before the first replay.
+    c10::cuda::CUDAStream instance_stream =
+        c10::cuda::getCurrentCUDAStream(DeviceId());
+    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, DeviceId());
+    StreamAfter(side.stream(), instance_stream.stream());
+    {
+      c10::cuda::CUDAStreamGuard on_side(side);
+      // Warm-up runs: the TorchScript executor profiles and optimises its
+      // first calls, work that must not land in the graph.
+      for (int i = 0; i < 3; i++) {
+        method(static_inputs);
+      }
+      if (graph_pool_.first == 0 && graph_pool_.second == 0) {
+        graph_pool_ = at::cuda::graph_pool_handle();
+      }
+      captured.graph.reset(new at::cuda::CUDAGraph());
+      captured.graph->capture_begin(
+          graph_pool_, cudaStreamCaptureModeThreadLocal);
+      torch::jit::IValue outputs;
+      try {
+        outputs = method(static_inputs);
+      }
+      catch (...) {
+        // End the broken capture so the stream stays usable, then report it.
+        cudaGraph_t broken = nullptr;
+        cudaStreamEndCapture(side.stream(), &broken);
+        if (broken != nullptr) {
+          cudaGraphDestroy(broken);
+        }
+        cudaGetLastError();
+        c10::cuda::CUDACachingAllocator::endAllocateToPool(
+            DeviceId(), graph_pool_);
+        captured.graph.release();  // its capture never ended: not destroyed
+        throw;
+      }
+      captured.graph->capture_end();
+      if (!outputs.isTuple()) {
+        throw std::invalid_argument(
+            "device_answer must return a tuple of tensors");
+      }
+      for (auto& output : outputs.toTuple()->elements()) {
+        captured.outputs.push_back(output.toTensor());
+      }
+    }
+    StreamAfter(instance_stream.stream(), side.stream());
+    LOG_MESSAGE(
+        TRITONSERVER_LOG_VERBOSE,
+        (std::string("captured a CUDA graph for '") + Name() + "', " +
+         std::to_string(key[0][0]) + " rows of its first input")
+            .c_str());
+    found = graphs_.emplace(key, std::move(captured)).first;
+  }
+
+  CapturedGraph& graph = found->second;
+  for (size_t i = 0; i < inputs.size(); i++) {
+    const int64_t rows = inputs[i].size(0);
+    graph.inputs[i].narrow(0, 0, rows).copy_(inputs[i], true);
+    if (rows < key[i][0]) {
+      graph.inputs[i].narrow(0, rows, key[i][0] - rows).zero_();
+    }
+  }
+  graph.graph->replay();
+  std::vector<torch::jit::IValue> answers;
+  for (auto& output : graph.outputs) {
+    answers.push_back(output.narrow(0, 0, batch_size));
+  }
+  return torch_model_->get_method("host_answer")(answers);
+}
+#endif
 
 TRITONSERVER_Error*
 ModelInstanceState::GetNamingConvention(
