@@ -261,6 +261,7 @@ class MoEClassifier(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.forward_routed(ids, mask)[0]
 
+    @torch.jit.export
     def forward_padded(self, ids: Tensor, mask: Tensor) -> Tensor:
         """forward's logits with every position of [B, T] run as a token and every expert on
         every token (MoEFeedForward.forward_dense): no shape that depends on the data and no host

@@ -150,6 +150,27 @@ def test_forward_equals_composition_of_pieces(cfg):
 
 
 @both_blocks
+def test_the_padded_forward_gives_the_packed_forwards_logits(cfg):
+    """forward_padded runs padding positions as tokens and every expert on every token (what a
+    CUDA graph captures); real texts get forward's logits, in eager and in TorchScript."""
+    model = make_model(cfg=cfg)
+    ids, mask = random_batch(B=5, T=11, seed=4, cfg=cfg)
+    expected = model(ids, mask)
+    torch.testing.assert_close(model.forward_padded(ids, mask), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.jit.script(model).forward_padded(ids, mask), expected, atol=1e-5, rtol=0)
+    # Padding positions hold values of their own, unlike the packed forward's zeros: the mean
+    # must leave them out (the rows with padding are the ones that would move).
+    assert not bool(mask.all())
+
+
+def test_dense_experts_give_the_sparse_update():
+    torch.manual_seed(0)
+    moe = MoEFeedForward(CFG).eval()
+    h = torch.randn(29, CFG.d_model)
+    torch.testing.assert_close(moe.forward_dense(h), moe(h)[0], atol=1e-5, rtol=0)
+
+
+@both_blocks
 def test_torchscript_model_matches_eager(cfg):
     model = make_model(cfg=cfg)
     scripted = torch.jit.script(model)
