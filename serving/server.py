@@ -273,12 +273,13 @@ class TritonServer:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def error_summary(self) -> str:
-        # CUDA/NVML/DCGM complaints are expected on a machine without a GPU: not the cause.
+        # CUDA/NVML/DCGM complaints are expected on a machine without a GPU: not the cause. A
+        # model that failed to load is, whatever its message names.
         noise = ("CUDA", "NVML", "DCGM", "CudaDriverHelper", "pb_stub.cc")
         lines = [
             l
             for l in self.log_text().splitlines()
-            if (l[:1] == "E" or "error" in l.lower()) and not any(n in l for n in noise)
+            if (l[:1] == "E" or "error" in l.lower()) and ("failed to load" in l or not any(n in l for n in noise))
         ]
         return "\n".join(lines[-8:]) or self.log_text()[-2000:]
 

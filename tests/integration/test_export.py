@@ -128,6 +128,23 @@ def test_the_export_command_writes_how_the_server_waits_for_the_gpu(tiny_checkpo
     assert "GPU_WAIT" not in (tmp_path / "auto" / "model_repository" / "full_model" / "config.pbtxt").read_text()
 
 
+def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, tmp_path):
+    r = run_cli(
+        "export", tiny_checkpoint, "--out", tmp_path / "gpu", "--device", "cuda", "--full-model-cuda-graphs", "64"
+    )
+    assert r.returncode == 0, r.stderr
+    config = (tmp_path / "gpu" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+    assert 'key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "64" }' in config
+    # The exported file holds what the backend captures and what it calls after.
+    full_model = torch.jit.load(tmp_path / "gpu" / "model_repository" / "full_model" / "1" / "model.pt")
+    assert hasattr(full_model, "device_answer") and hasattr(full_model, "host_answer")
+    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "cpu", "--full-model-cuda-graphs", "64")
+    assert r.returncode != 0 and "--full-model-cuda-graphs needs --device cuda" in r.stderr
+    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "none", "--device", "cuda")
+    assert r.returncode == 0, r.stderr
+    assert "CUDA_GRAPH" not in (tmp_path / "none" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+
+
 def test_the_export_command_sets_every_dynamic_batchers_delay(tiny_checkpoint, tmp_path):
     r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "out", "--queue-delay-us", 750)
     assert r.returncode == 0, r.stderr

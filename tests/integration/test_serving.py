@@ -382,6 +382,27 @@ def test_the_vendored_backend_takes_gpu_wait_and_names_a_bad_one(tiny_repository
         server.cleanup()
 
 
+def test_the_vendored_backend_refuses_cuda_graphs_without_a_gpu_instance(tiny_repository, tmp_path):
+    """CUDA_GRAPH_MAX_BATCH (`moe export --full-model-cuda-graphs`) is read by the vendored backend;
+    a CPU instance cannot capture a graph, and the model does not load, saying so."""
+    from serving.server import ServerOptions, TritonServer, free_ports
+
+    repository = tmp_path / "graphs"
+    shutil.copytree(tiny_repository / "model_repository" / "postprocessing", repository / "postprocessing")
+    config = repository / "postprocessing" / "config.pbtxt"
+    config.write_text(
+        config.read_text() + '\nparameters { key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "8" } }\n'
+    )
+    http, grpc, metrics = free_ports(3)
+    server = TritonServer(ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics))
+    try:
+        with pytest.raises(MoEError, match="CUDA_GRAPH_MAX_BATCH needs a KIND_GPU instance"):
+            server.start(timeout=120)
+    finally:
+        server.stop()
+        server.cleanup()
+
+
 def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
     """`--full-model-dtype float16`: the export runs the test texts through float32 and float16
     first; outside the tolerance it refuses and says what it measured, inside it exports v2 in
