@@ -32,12 +32,20 @@ def gpu_wait_parameter(wait: str) -> str:
     return "" if wait == "auto" else f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}'
 
 
+# One text of zeros through full_model as each instance loads: its first execution at most
+# CUDA_GRAPH_MAX_BATCH long captures every graph, which a user's first requests would wait for.
+GRAPH_WARMUP = """
+model_warmup [ { name: "capture_cuda_graphs" batch_size: 1
+  inputs { key: "INPUT__0" value: { data_type: TYPE_INT64 dims: [ 1 ] zero_data: true } }
+  inputs { key: "INPUT__1" value: { data_type: TYPE_BOOL dims: [ 1 ] zero_data: true } } } ]"""
+
+
 def cuda_graphs_parameter(max_batch: int) -> str:
     """full_model's CUDA_GRAPH_MAX_BATCH for the vendored backend (ExportOptions.full_model_cuda_graphs
-    says why); none for 0."""
-    return (
-        f'\nparameters {{ key: "CUDA_GRAPH_MAX_BATCH" value: {{ string_value: "{max_batch}" }} }}' if max_batch else ""
-    )
+    says why), with the warm-up that captures the graphs at load; none for 0."""
+    if not max_batch:
+        return ""
+    return f'\nparameters {{ key: "CUDA_GRAPH_MAX_BATCH" value: {{ string_value: "{max_batch}" }} }}' + GRAPH_WARMUP
 
 
 def placeholders(text: str) -> set[str]:

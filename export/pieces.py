@@ -180,13 +180,19 @@ class FullModel(nn.Module):
         return self.answer(logits.cpu() if self.answer_on_host else logits)
 
     @torch.jit.export
+    def graph_rows(self, batch: int) -> List[int]:
+        """Rows of ids, mask and lengths that hold any batch of at most `batch` texts: the vendored
+        libtorch backend's CUDA_GRAPH_MAX_BATCH captures one graph per power of two of the batch,
+        so the shapes, and the captures each instance makes at load, stay few."""
+        return [batch * self.max_len, batch * self.max_len, batch]
+
+    @torch.jit.export
     def device_answer(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor]:
         """forward's probabilities and class ids, computed as a CUDA graph can capture them
-        (MoEClassifier.forward_padded, every text padded to the widest a batch of ids.shape[0]
-        tokens may hold): the vendored libtorch backend's CUDA_GRAPH_MAX_BATCH replays this
-        for small batches, its inputs padded with rows of zeros, and then calls host_answer."""
-        width = min(self.max_len, ids.shape[0])
-        ids, mask = unflatten_fixed(ids, mask, lengths, width, self.pad_id)
+        (MoEClassifier.forward_padded, every text padded to max_len): the backend replays this for
+        small batches, its inputs padded with rows of zeros to graph_rows, then calls host_answer.
+        A text longer than max_len, which the tokenizer never sends, is cut to it."""
+        ids, mask = unflatten_fixed(ids, mask, lengths, self.max_len, self.pad_id)
         return self.answer.probabilities(self.model.forward_padded(ids, mask))
 
     @torch.jit.export

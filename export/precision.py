@@ -22,6 +22,7 @@ import copy
 from dataclasses import replace
 
 import torch
+import torch.nn.functional as F
 
 from moe.data import DEFAULT_DATA, load_split
 from moe.errors import MoEError
@@ -49,10 +50,12 @@ def probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tens
 
 @torch.no_grad()
 def padded_probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tensor:
-    """probabilities through MoEClassifier.forward_padded, the form CUDA graphs serve."""
+    """probabilities through MoEClassifier.forward_padded at max_len, the form CUDA graphs serve."""
     out = []
     for s in range(0, len(texts), 256):
         ids, mask = encode(tokenizer, texts[s : s + 256], model.cfg.max_len)
+        width = model.cfg.max_len - ids.shape[1]
+        ids, mask = F.pad(ids, (0, width), value=model.cfg.pad_id), F.pad(mask, (0, width), value=False)
         out.append(torch.softmax(model.forward_padded(ids.to(device), mask.to(device)).float(), -1).cpu())
     return torch.cat(out)
 

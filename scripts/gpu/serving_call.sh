@@ -17,7 +17,7 @@
 #   qdN        the default export with every dynamic batcher waiting up to N µs to fill a batch
 #              (--queue-delay-us N): fewer executions, so less host CPU per request
 #   graphsN    the default export with full_model's executions of at most N texts replayed as CUDA
-#              graphs (--full-model-cuda-graphs N), the same way
+#              graphs (--full-model-cuda-graphs N; 0: none), v2 only (v1 does not run full_model)
 #   sgraphsN   the same export, v2 single texts only at concurrency 1 and 192 (answers checked)
 #   waitW      the default export with tritonserver's threads waiting for the GPU by W (spin, yield or
 #              block: --gpu-wait W): a thread that blocks leaves its core to the host's other stages
@@ -66,7 +66,7 @@ for step in ${STEPS:-default tokenizer profile}; do
         --full-model-response-threads "${step:2:1}" --full-model-answer host ;;
     rt[0-9]*) timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-response-threads "${step#rt}" ;;
     graphs[0-9]*)
-      timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-cuda-graphs "${step#graphs}" ;;
+      WORKFLOWS=v2 timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" --full-model-cuda-graphs "${step#graphs}" ;;
     sgraphs[0-9]*)
       WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh "$step" "$R" --full-model-cuda-graphs "${step#sgraphs}" ;;

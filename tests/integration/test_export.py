@@ -129,20 +129,22 @@ def test_the_export_command_writes_how_the_server_waits_for_the_gpu(tiny_checkpo
 
 
 def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, tmp_path):
-    r = run_cli(
-        "export", tiny_checkpoint, "--out", tmp_path / "gpu", "--device", "cuda", "--full-model-cuda-graphs", "64"
-    )
+    """A GPU export replays CUDA graphs by default (up to 64 texts), captured by a warm-up at
+    load; a CPU export has none and refuses to be asked for them."""
+    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "gpu", "--device", "cuda")
     assert r.returncode == 0, r.stderr
     config = (tmp_path / "gpu" / "model_repository" / "full_model" / "config.pbtxt").read_text()
-    assert 'key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "64" }' in config
-    # The exported file holds what the backend captures and what it calls after.
+    assert 'key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "64" }' in config and "model_warmup" in config
+    # The exported file holds what the backend captures and what it calls before and after.
     full_model = torch.jit.load(tmp_path / "gpu" / "model_repository" / "full_model" / "1" / "model.pt")
-    assert hasattr(full_model, "device_answer") and hasattr(full_model, "host_answer")
+    assert all(hasattr(full_model, m) for m in ("graph_rows", "device_answer", "host_answer"))
     r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "cpu", "--full-model-cuda-graphs", "64")
     assert r.returncode != 0 and "--full-model-cuda-graphs needs --device cuda" in r.stderr
-    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "none", "--device", "cuda")
-    assert r.returncode == 0, r.stderr
-    assert "CUDA_GRAPH" not in (tmp_path / "none" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+    for flags in (("--device", "cuda", "--full-model-cuda-graphs", "0"), ()):
+        r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "none", *flags)
+        assert r.returncode == 0, r.stderr
+        config = (tmp_path / "none" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+        assert "CUDA_GRAPH" not in config and "model_warmup" not in config
 
 
 def test_the_export_command_sets_every_dynamic_batchers_delay(tiny_checkpoint, tmp_path):

@@ -76,15 +76,10 @@ def test_full_model_answers_the_same_from_host_memory():
     assert torch.equal(answers[True][1], answers[False][1].cpu()) and answers[True][2] == answers[False][2]
 
 
-def pad_rows_to_a_power_of_two(t: torch.Tensor) -> torch.Tensor:
-    """What the vendored backend does to each input before a CUDA graph: rows of zeros."""
-    rows = 1 << (t.shape[0] - 1).bit_length()
-    return torch.cat([t, torch.zeros((rows - t.shape[0], *t.shape[1:]), dtype=t.dtype)])
-
-
 def test_the_graphed_answer_equals_forwards_whatever_rows_of_zeros_follow():
     """The CUDA_GRAPH_MAX_BATCH contract (third_party/triton/README.md): device_answer on inputs
-    padded with rows of zeros, cut to the batch, then host_answer, answers as forward does."""
+    padded with rows of zeros to graph_rows of the batch's power of two, cut to the batch, then
+    host_answer, answers as forward does."""
     model = make_model()
     ids, mask = random_batch(B=6, T=14, seed=5)
     # Two requests, each padded to its own longest text, concatenated as Triton hands them over.
@@ -95,9 +90,11 @@ def test_the_graphed_answer_equals_forwards_whatever_rows_of_zeros_follow():
     inputs = [torch.cat(column) for column in zip(*parts)]
     assert inputs[0].shape[0] == 2 * 9 + 4 * 14 and inputs[2].shape[0] == 6  # 74 tokens, 6 rows
     scripted = torch.jit.script(FullModel(model).eval())
+    rows = scripted.graph_rows(8)
+    assert rows == [8 * model.cfg.max_len, 8 * model.cfg.max_len, 8]
     with torch.no_grad():
         probs, label_id, labels = scripted(*inputs)
-        padded = [pad_rows_to_a_power_of_two(t) for t in inputs]  # 128 tokens, 8 rows
+        padded = [torch.cat([t, t.new_zeros((n - t.shape[0], *t.shape[1:]))]) for t, n in zip(inputs, rows)]
         graphed_probs, graphed_ids = scripted.device_answer(*padded)
         answer = scripted.host_answer(graphed_probs[:6], graphed_ids[:6])
     assert graphed_probs.shape == (8, model.cfg.n_classes) and bool(torch.isfinite(graphed_probs).all())

@@ -828,7 +828,7 @@ class ModelInstanceState : public BackendModelInstance {
 
 #ifdef TRITON_ENABLE_GPU
   // Local change: the CUDA graphs of `device_answer` this instance captured,
-  // one per padded shape of its inputs, with the static tensors each reads
+  // one per power of two of the batch, with the static tensors each reads
   // and writes. They share one memory pool: an instance replays one graph at a
   // time and its outputs are copied out before the next replay.
   struct CapturedGraph {
@@ -836,7 +836,11 @@ class ModelInstanceState : public BackendModelInstance {
     std::vector<torch::Tensor> inputs;
     std::vector<torch::Tensor> outputs;
   };
-  std::map<std::vector<std::vector<int64_t>>, CapturedGraph> graphs_;
+  // A graph for executions of at most 'batch' elements, its inputs shaped
+  // as those of 'like' but with graph_rows(batch) rows.
+  CapturedGraph CaptureGraph(
+      const std::vector<torch::Tensor>& like, int64_t batch);
+  std::map<int64_t, CapturedGraph> graphs_;
   std::pair<unsigned long long, unsigned long long> graph_pool_{0, 0};
 #endif
 };
@@ -1895,13 +1899,14 @@ ModelInstanceState::Execute(
 
 #ifdef TRITON_ENABLE_GPU
 // Local change. The module's contract (third_party/triton/README.md):
-// `device_answer(inputs)` returns a tuple of tensors whose first dimension is
-// the batch, launches GPU work only (no host synchronisation, no shape that
-// depends on the data), and gives real rows the same answer whatever rows of
-// zeros follow them in every input; `host_answer(outputs)` turns its outputs,
-// cut to the execution's batch, into forward's. Each input's first dimension
-// is padded with zeros to a power of two, so a few shapes cover every batch;
-// the graph of a shape is captured the first time it comes.
+// `graph_rows(batch)` gives each input's first dimension for an execution of
+// at most `batch` elements; `device_answer(inputs)` returns a tuple of tensors
+// whose first dimension is the batch, launches GPU work only (no host
+// synchronisation, no shape that depends on the data), and gives real rows
+// the same answer whatever rows of zeros follow them in every input;
+// `host_answer(outputs)` turns its outputs, cut to the execution's batch, into
+// forward's. One graph per power of two up to CUDA_GRAPH_MAX_BATCH, all
+// captured by the instance's first graphed execution (the config's warm-up).
 namespace {
 // Work queued on 'later' from now on runs after the work queued on 'earlier'.
 void
@@ -1915,98 +1920,120 @@ StreamAfter(cudaStream_t later, cudaStream_t earlier)
 }
 }  // namespace
 
+ModelInstanceState::CapturedGraph
+ModelInstanceState::CaptureGraph(
+    const std::vector<torch::Tensor>& like, int64_t batch)
+{
+  auto rows = torch_model_->get_method("graph_rows")({batch}).toIntVector();
+  if (rows.size() != like.size()) {
+    throw std::invalid_argument(
+        "graph_rows gives " + std::to_string(rows.size()) +
+        " inputs' rows; the model has " + std::to_string(like.size()));
+  }
+  CapturedGraph captured;
+  for (size_t i = 0; i < like.size(); i++) {
+    std::vector<int64_t> shape = like[i].sizes().vec();
+    shape[0] = rows[i];
+    captured.inputs.push_back(torch::zeros(shape, like[i].options()));
+  }
+  std::vector<torch::jit::IValue> static_inputs(
+      captured.inputs.begin(), captured.inputs.end());
+  auto method = torch_model_->get_method("device_answer");
+  // Captured on a stream of its own that does not wait for the legacy
+  // default stream, as torch.cuda.graph does; the instance's stream waits
+  // for it before the first replay.
+  c10::cuda::CUDAStream instance_stream =
+      c10::cuda::getCurrentCUDAStream(DeviceId());
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, DeviceId());
+  StreamAfter(side.stream(), instance_stream.stream());
+  {
+    c10::cuda::CUDAStreamGuard on_side(side);
+    // Warm-up runs: the TorchScript executor profiles and optimises its
+    // first calls, work that must not land in the graph.
+    for (int i = 0; i < 3; i++) {
+      method(static_inputs);
+    }
+    if (graph_pool_.first == 0 && graph_pool_.second == 0) {
+      graph_pool_ = at::cuda::graph_pool_handle();
+    }
+    captured.graph.reset(new at::cuda::CUDAGraph());
+    captured.graph->capture_begin(
+        graph_pool_, cudaStreamCaptureModeThreadLocal);
+    torch::jit::IValue outputs;
+    try {
+      outputs = method(static_inputs);
+    }
+    catch (...) {
+      // End the broken capture so the stream stays usable, then report it.
+      cudaGraph_t broken = nullptr;
+      cudaStreamEndCapture(side.stream(), &broken);
+      if (broken != nullptr) {
+        cudaGraphDestroy(broken);
+      }
+      cudaGetLastError();
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(
+          DeviceId(), graph_pool_);
+      captured.graph.release();  // its capture never ended: not destroyed
+      throw;
+    }
+    captured.graph->capture_end();
+    if (!outputs.isTuple()) {
+      throw std::invalid_argument(
+          "device_answer must return a tuple of tensors");
+    }
+    for (auto& output : outputs.toTuple()->elements()) {
+      captured.outputs.push_back(output.toTensor());
+    }
+  }
+  StreamAfter(instance_stream.stream(), side.stream());
+  return captured;
+}
+
 torch::jit::IValue
 ModelInstanceState::RunGraphed(
     std::vector<torch::jit::IValue>* input_tensors, size_t batch_size)
 {
   std::vector<torch::Tensor> inputs;
-  std::vector<std::vector<int64_t>> key;
   for (auto& input : *input_tensors) {
     torch::Tensor tensor = input.toTensor();
-    std::vector<int64_t> shape = tensor.sizes().vec();
-    if (shape.empty() || !tensor.is_cuda()) {
+    if (tensor.dim() == 0 || !tensor.is_cuda()) {
       throw std::invalid_argument(
           "CUDA_GRAPH_MAX_BATCH needs GPU inputs with a batch dimension");
     }
-    int64_t padded = 1;
-    while (padded < shape[0]) {
-      padded <<= 1;
-    }
-    shape[0] = padded;
     inputs.push_back(tensor);
-    key.push_back(shape);
   }
-
-  auto found = graphs_.find(key);
-  if (found == graphs_.end()) {
-    CapturedGraph captured;
-    for (size_t i = 0; i < inputs.size(); i++) {
-      captured.inputs.push_back(torch::zeros(key[i], inputs[i].options()));
-    }
-    std::vector<torch::jit::IValue> static_inputs(
-        captured.inputs.begin(), captured.inputs.end());
-    auto method = torch_model_->get_method("device_answer");
-    // Captured on a stream of its own that does not wait for the legacy
-    // default stream, as torch.cuda.graph does; the instance's stream waits
-    // for it before the first replay.
-    c10::cuda::CUDAStream instance_stream =
-        c10::cuda::getCurrentCUDAStream(DeviceId());
-    c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(false, DeviceId());
-    StreamAfter(side.stream(), instance_stream.stream());
-    {
-      c10::cuda::CUDAStreamGuard on_side(side);
-      // Warm-up runs: the TorchScript executor profiles and optimises its
-      // first calls, work that must not land in the graph.
-      for (int i = 0; i < 3; i++) {
-        method(static_inputs);
-      }
-      if (graph_pool_.first == 0 && graph_pool_.second == 0) {
-        graph_pool_ = at::cuda::graph_pool_handle();
-      }
-      captured.graph.reset(new at::cuda::CUDAGraph());
-      captured.graph->capture_begin(
-          graph_pool_, cudaStreamCaptureModeThreadLocal);
-      torch::jit::IValue outputs;
-      try {
-        outputs = method(static_inputs);
-      }
-      catch (...) {
-        // End the broken capture so the stream stays usable, then report it.
-        cudaGraph_t broken = nullptr;
-        cudaStreamEndCapture(side.stream(), &broken);
-        if (broken != nullptr) {
-          cudaGraphDestroy(broken);
-        }
-        cudaGetLastError();
-        c10::cuda::CUDACachingAllocator::endAllocateToPool(
-            DeviceId(), graph_pool_);
-        captured.graph.release();  // its capture never ended: not destroyed
-        throw;
-      }
-      captured.graph->capture_end();
-      if (!outputs.isTuple()) {
-        throw std::invalid_argument(
-            "device_answer must return a tuple of tensors");
-      }
-      for (auto& output : outputs.toTuple()->elements()) {
-        captured.outputs.push_back(output.toTensor());
+  if (graphs_.empty()) {
+    const int64_t most = model_state_->CudaGraphMaxBatch();
+    for (int64_t batch = 1;; batch <<= 1) {
+      graphs_.emplace(batch, CaptureGraph(inputs, batch));
+      if (batch >= most) {
+        break;
       }
     }
-    StreamAfter(instance_stream.stream(), side.stream());
     LOG_MESSAGE(
-        TRITONSERVER_LOG_VERBOSE,
-        (std::string("captured a CUDA graph for '") + Name() + "', " +
-         std::to_string(key[0][0]) + " rows of its first input")
+        TRITONSERVER_LOG_INFO,
+        (std::string("captured ") + std::to_string(graphs_.size()) +
+         " CUDA graphs for '" + Name() + "'")
             .c_str());
-    found = graphs_.emplace(key, std::move(captured)).first;
   }
 
-  CapturedGraph& graph = found->second;
+  int64_t padded = 1;
+  while (padded < (int64_t)batch_size) {
+    padded <<= 1;
+  }
+  CapturedGraph& graph = graphs_.at(padded);
   for (size_t i = 0; i < inputs.size(); i++) {
     const int64_t rows = inputs[i].size(0);
+    const int64_t room = graph.inputs[i].size(0);
+    if (rows > room) {
+      throw std::invalid_argument(
+          "input " + std::to_string(i) + " has " + std::to_string(rows) +
+          " rows; graph_rows(" + std::to_string(padded) + ") allows " +
+          std::to_string(room));
+    }
     graph.inputs[i].narrow(0, 0, rows).copy_(inputs[i], true);
-    if (rows < key[i][0]) {
-      graph.inputs[i].narrow(0, rows, key[i][0] - rows).zero_();
+    if (rows < room) {
+      graph.inputs[i].narrow(0, rows, room - rows).zero_();
     }
   }
   graph.graph->replay();
