@@ -66,10 +66,9 @@ class ExportOptions:
     # backend's CUDA_GRAPH_MAX_BATCH; third_party/triton/README.md): one launch for the whole
     # forward, which otherwise launches each of its kernels from the TorchScript interpreter and
     # reads the experts' token counts on the host. Graphed batches run FullModel.device_answer:
-    # every padded position as a token and every expert on every token. 0: never. None: 64 on a
-    # GPU, enough for single texts at any concurrency: on one H100 v2's single texts at C=1 came
-    # back in 1.54 ms at the median against 3.95 without (docs/gpu_serving.md, call 18); batches
-    # larger than that are GPU work enough that launching kernels one by one costs little.
+    # every padded position as a token and every expert on every token. 0: never. None: 0. On one
+    # H100 (docs/gpu_serving.md, call 19) graphs up to 64 texts answered single texts at C=1 in
+    # 1.61 ms at the median against 3.95 without, but at C=192 their p99 was 879 ms against 43.
     full_model_cuda_graphs: int | None = None
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
@@ -116,9 +115,7 @@ class ExportOptions:
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
             full_model_answer=self.full_model_answer if self.full_model_answer != "auto" else "device",
             full_model_response_threads=self.full_model_response_threads or 0,
-            full_model_cuda_graphs=(
-                self.full_model_cuda_graphs if self.full_model_cuda_graphs is not None else (0 if on_cpu else 64)
-            ),
+            full_model_cuda_graphs=self.full_model_cuda_graphs or 0,
         )
 
 

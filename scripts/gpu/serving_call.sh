@@ -32,7 +32,10 @@
 #   again      the default export's v2 benched as http8 is, with its own HTTP threads (after http8:
 #              the same comparison in the other order)
 #   trace      the default export's v2, single texts at one level (TRACE_CONCURRENCY, default 192),
-#              one request in 50 traced by Triton: where each one's time goes (bench/trace.py)
+#              one request in 50 traced by Triton: where each one's time goes (bench/trace.py);
+#              TRACE_EXPORT: export flags for it (e.g. "--full-model-cuda-graphs 64")
+#   s:FLAGS    v2 single texts at concurrency 1 and 192 (answers checked), exported with FLAGS,
+#              export options joined by commas (s:--full-model-cuda-graphs=64,--gpu-wait=block)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
 #              kernels, with what is left (PROFILE_BATCHES, PROFILE_THREADS, PROFILE_SECONDS: the
@@ -94,8 +97,12 @@ for step in ${STEPS:-default tokenizer profile}; do
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh "$step" "$R" ;;
     trace)
       WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=${TRACE_CONCURRENCY:-192} CHECK=0 BENCH_OPTIONS="--trace-rate 50" \
-        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh trace "$R"
+        timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh trace "$R" ${TRACE_EXPORT:-}
       cat "$R/bench-trace/trace.md" ;;
+    s:*)
+      flags=${step#s:}
+      WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh "s$(printf %s "$flags" | tr -cs 'a-z0-9' '-')" "$R" ${flags//,/ } ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \

@@ -129,9 +129,11 @@ def test_the_export_command_writes_how_the_server_waits_for_the_gpu(tiny_checkpo
 
 
 def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, tmp_path):
-    """A GPU export replays CUDA graphs by default (up to 64 texts), captured by a warm-up at
-    load; a CPU export has none and refuses to be asked for them."""
-    r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "gpu", "--device", "cuda")
+    """A GPU export asked for CUDA graphs captures them in a warm-up at load; a CPU export
+    refuses to be asked for them, and neither has them unless asked."""
+    r = run_cli(
+        "export", tiny_checkpoint, "--out", tmp_path / "gpu", "--device", "cuda", "--full-model-cuda-graphs", "64"
+    )
     assert r.returncode == 0, r.stderr
     config = (tmp_path / "gpu" / "model_repository" / "full_model" / "config.pbtxt").read_text()
     assert 'key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "64" }' in config and "model_warmup" in config
@@ -140,7 +142,7 @@ def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, t
     assert all(hasattr(full_model, m) for m in ("graph_rows", "device_answer", "host_answer"))
     r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "cpu", "--full-model-cuda-graphs", "64")
     assert r.returncode != 0 and "--full-model-cuda-graphs needs --device cuda" in r.stderr
-    for flags in (("--device", "cuda", "--full-model-cuda-graphs", "0"), ()):
+    for flags in (("--device", "cuda"), ()):
         r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "none", *flags)
         assert r.returncode == 0, r.stderr
         config = (tmp_path / "none" / "model_repository" / "full_model" / "config.pbtxt").read_text()
