@@ -116,9 +116,12 @@ class GraphedModel:
 
     def capture(self, key: tuple):
         batch, tokens = key[1:]
-        ids = torch.full((batch, tokens), self.pad_id, dtype=torch.int64, device="cuda")
-        mask = torch.zeros((batch, tokens), dtype=torch.bool, device="cuda")
-        mask[:, 0] = True
+        # Normal tensors even when the first call of a shape comes under inference_mode: each call
+        # refills them in place, in or out of it.
+        with torch.inference_mode(False):
+            ids = torch.full((batch, tokens), self.pad_id, dtype=torch.int64, device="cuda")
+            mask = torch.zeros((batch, tokens), dtype=torch.bool, device="cuda")
+            mask[:, 0] = True
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(side):
