@@ -2003,13 +2003,16 @@ ModelInstanceState::RunGraphed(
     inputs.push_back(tensor);
   }
   if (graphs_.empty()) {
+    // All or none: a failed capture leaves the next execution to try again.
+    std::map<int64_t, CapturedGraph> captured;
     const int64_t most = model_state_->CudaGraphMaxBatch();
     for (int64_t batch = 1;; batch <<= 1) {
-      graphs_.emplace(batch, CaptureGraph(inputs, batch));
+      captured.emplace(batch, CaptureGraph(inputs, batch));
       if (batch >= most) {
         break;
       }
     }
+    graphs_ = std::move(captured);
     LOG_MESSAGE(
         TRITONSERVER_LOG_INFO,
         (std::string("captured ") + std::to_string(graphs_.size()) +
