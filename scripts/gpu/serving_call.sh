@@ -35,7 +35,9 @@
 #              one request in 50 traced by Triton: where each one's time goes (bench/trace.py);
 #              TRACE_EXPORT: export flags for it (e.g. "--full-model-cuda-graphs 64")
 #   s:FLAGS    v2 single texts at concurrency 1 and 192 (answers checked), exported with FLAGS,
-#              export options joined by commas (s:--full-model-cuda-graphs=64,--gpu-wait=block)
+#              export options joined by commas (s:--full-model-cuda-graphs=64,--gpu-wait=block);
+#              a NAME=VALUE among them is set in the environment of the export, server and bench
+#              (s:CUDA_MODULE_LOADING=EAGER,--full-model-cuda-graphs=64)
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
 #              kernels, with what is left (PROFILE_BATCHES, PROFILE_THREADS, PROFILE_SECONDS: the
@@ -100,9 +102,13 @@ for step in ${STEPS:-default tokenizer profile}; do
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh trace "$R" ${TRACE_EXPORT:-}
       cat "$R/bench-trace/trace.md" ;;
     s:*)
-      flags=${step#s:}
-      WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
-        scripts/gpu/serve_bench.sh "s$(printf %s "$flags" | tr -cs 'a-z0-9' '-')" "$R" ${flags//,/ } ;;
+      flags=${step#s:} envs=() options=()
+      for flag in ${flags//,/ }; do
+        case $flag in --*) options+=("$flag") ;; *=*) envs+=("$flag") ;; *) options+=("$flag") ;; esac
+      done
+      env ${envs[@]+"${envs[@]}"} WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
+        scripts/gpu/serve_bench.sh "s$(printf %s "$flags" | tr -cs 'a-zA-Z0-9' '-')" "$R" \
+        ${options[@]+"${options[@]}"} ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
