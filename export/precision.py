@@ -100,7 +100,7 @@ def check_precision(
             f"float32's, probabilities up to {result['max_prob_diff']:.3g} away (tolerance {TOLERANCE}) on "
             f"{result['device']}: refusing to export; --full-model-dtype float32 keeps v2 exact"
         )
-    log(f"precision check: every label equal, probabilities within {result['max_prob_diff']:.3g}")
+    log(f"precision check ({result['forms']}): every label equal, probabilities within {result['max_prob_diff']:.3g}")
     return result
 
 
