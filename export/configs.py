@@ -32,21 +32,38 @@ def gpu_wait_parameter(wait: str) -> str:
     return "" if wait == "auto" else f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}'
 
 
-# One text of zeros through full_model as each instance loads: its first execution at most
-# CUDA_GRAPH_MAX_BATCH long captures every graph (on one H100, 0.2-0.3 s for seven), which a
-# user's first requests would otherwise wait for.
-GRAPH_WARMUP = """
-model_warmup [ { name: "capture_cuda_graphs" batch_size: 1
-  inputs { key: "INPUT__0" value: { data_type: TYPE_INT64 dims: [ 1 ] zero_data: true } }
-  inputs { key: "INPUT__1" value: { data_type: TYPE_BOOL dims: [ 1 ] zero_data: true } } } ]"""
+# full_model's warm-up data (in its warmup/ folder): a mask of max_len ones, which samples of
+# any width up to max_len read from.
+WARMUP_MASK = "mask_ones"
 
 
-def cuda_graphs_parameter(max_batch: int) -> str:
+def warmup_sample(name: str, batch: int, tokens: int, mask: str) -> str:
+    """One full_model warm-up request of `batch` texts of `tokens` token ids 0, with `mask` either
+    zero_data (every token masked out) or input_data_file (every token real)."""
+    return (
+        f'{{ name: "{name}" batch_size: {batch}\n'
+        f'  inputs {{ key: "INPUT__0" value: {{ data_type: TYPE_INT64 dims: [ {tokens} ] zero_data: true }} }}\n'
+        f'  inputs {{ key: "INPUT__1" value: {{ data_type: TYPE_BOOL dims: [ {tokens} ] {mask} }} }} }}'
+    )
+
+
+def cuda_graphs_parameter(max_batch: int, full_model_max_batch: int, max_len: int) -> str:
     """full_model's CUDA_GRAPH_MAX_BATCH for the vendored backend (ExportOptions.full_model_cuda_graphs
-    says why), with the warm-up that captures the graphs at load; none for 0."""
+    says why), with warm-up requests as each instance loads: one text, whose execution captures
+    every graph (on one H100, 0.2-0.3 s for seven), and, where larger batches run the eager
+    forward, a small and a full batch of real tokens through it, so that its first runs do not
+    come under load either. None for 0."""
     if not max_batch:
         return ""
-    return f'\nparameters {{ key: "CUDA_GRAPH_MAX_BATCH" value: {{ string_value: "{max_batch}" }} }}' + GRAPH_WARMUP
+    samples = [warmup_sample("capture_cuda_graphs", 1, 1, "zero_data: true")]
+    if max_batch < full_model_max_batch:
+        ones = f'input_data_file: "{WARMUP_MASK}"'
+        samples.append(warmup_sample("eager_forward_small", max_batch + 1, min(16, max_len), ones))
+        samples.append(warmup_sample("eager_forward_full", full_model_max_batch, max_len, ones))
+    return (
+        f'\nparameters {{ key: "CUDA_GRAPH_MAX_BATCH" value: {{ string_value: "{max_batch}" }} }}'
+        "\nmodel_warmup [\n" + ",\n".join(samples) + "\n]"
+    )
 
 
 def placeholders(text: str) -> set[str]:
@@ -109,7 +126,7 @@ def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
             + ("" if opts.full_model_dtype == "float32" else "\n" + HALF_PRECISION_PARAMETERS)
             + response_threads_parameter(opts.full_model_response_threads)
             + gpu_wait_parameter(opts.gpu_wait)
-            + cuda_graphs_parameter(opts.full_model_cuda_graphs),
+            + cuda_graphs_parameter(opts.full_model_cuda_graphs, opts.full_model_max_batch, cfg.max_len),
             **placement(opts, opts.full_model_instances, gpu=None),
         },
         "tokenizer": {

@@ -27,7 +27,7 @@ from moe.errors import MoEError
 from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
-from .configs import fill, model_values
+from .configs import WARMUP_MASK, fill, model_values
 from .options import DEFAULT_OUT, GPU_WAITS, ExportOptions
 from .pieces import build_pieces, sample_inputs
 from .precision import choose_full_model
@@ -179,6 +179,9 @@ def write_repository(tmp: Path, model, ckpt: Path, scripted: dict, opts: ExportO
 
     for name in ("embedding", "attention", "gating", "classifier", "full_model", "postprocessing"):
         write_model(name, name)
+    if opts.full_model_cuda_graphs:
+        (models / "full_model" / "warmup").mkdir()
+        (models / "full_model" / "warmup" / WARMUP_MASK).write_bytes(b"\x01" * cfg.max_len)
     for e in range(cfg.n_experts):
         write_model(f"expert_{e}", "expert")
     tokenizer = write_model("tokenizer", "tokenizer")

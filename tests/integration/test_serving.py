@@ -403,6 +403,40 @@ def test_the_vendored_backend_refuses_cuda_graphs_without_a_gpu_instance(tiny_re
         server.cleanup()
 
 
+def test_the_cuda_graph_exports_warm_up_requests_load_on_a_real_server(tiny_checkpoint, tmp_path):
+    """A GPU export with CUDA graphs warms full_model up at load: one text for the graphs, then
+    batches of real tokens (read from its warmup/ folder) through the eager forward. Served here on
+    a CPU instance without the graphs' parameter, the server runs those requests as it loads, and
+    refuses to load if one is malformed (a data file too short for its sample)."""
+    from serving.server import ServerOptions, TritonServer, free_ports
+
+    opts = ExportOptions(device="cuda", full_model_cuda_graphs=8)
+    built = export_repository(tiny_checkpoint, tmp_path / "gpu", opts, progress=False, log=lambda *_: None)
+    repository = tmp_path / "cpu"
+    shutil.copytree(built / "model_repository" / "full_model", repository / "full_model")
+    config = repository / "full_model" / "config.pbtxt"
+    text = config.read_text()
+    assert text.count('name: "eager_forward_') == 2 and (repository / "full_model" / "warmup" / "mask_ones").exists()
+    text = text.replace("KIND_GPU", "KIND_CPU").replace("gpus: [ 0 ]", "gpus: [ ]")
+    config.write_text(text.replace('parameters { key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "8" } }', ""))
+
+    def loads() -> None:
+        http, grpc, metrics = free_ports(3)
+        server = TritonServer(
+            ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics)
+        )
+        try:
+            server.start(timeout=120)
+        finally:
+            server.stop()
+            server.cleanup()
+
+    loads()
+    (repository / "full_model" / "warmup" / "mask_ones").write_bytes(b"\x01" * 4)
+    with pytest.raises(MoEError, match="warmup setting expects"):
+        loads()
+
+
 def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
     """`--full-model-dtype float16`: the export runs the test texts through float32 and float16
     first; outside the tolerance it refuses and says what it measured, inside it exports v2 in
