@@ -70,8 +70,9 @@ class ExportOptions:
     # H100 (docs/gpu_serving.md, calls 19-22) graphs answered single texts at C=1 in 1.61 ms at
     # the median against 3.95 without; up to 64 texts their p99 at C=192 was 879 ms against 43
     # (traced to executions of 440-920 ms, read as the eager forward's first runs above 64 texts
-    # coming under load), up to 256 it was 49 ms, but batches of 32 lost a quarter of their rate
-    # (84,767 texts/s against 104,305-126,735): off keeps the batches.
+    # coming under load; the warm-up now runs it at load, not yet measured), up to 256 it was 49 ms,
+    # but batches of 32 lost a quarter of their rate (84,767 texts/s against 104,305-126,735): off
+    # keeps the batches.
     full_model_cuda_graphs: int | None = None
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
