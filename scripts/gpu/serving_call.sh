@@ -104,7 +104,7 @@ for step in ${STEPS:-default tokenizer profile}; do
     s:*)
       flags=${step#s:} envs=() options=()
       for flag in ${flags//,/ }; do
-        case $flag in --*) options+=("$flag") ;; *=*) envs+=("$flag") ;; *) options+=("$flag") ;; esac
+        case $flag in [!-]*=*) envs+=("$flag") ;; *) options+=("$flag") ;; esac
       done
       env ${envs[@]+"${envs[@]}"} WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
         scripts/gpu/serve_bench.sh "s$(printf %s "$flags" | tr -cs 'a-zA-Z0-9' '-')" "$R" \

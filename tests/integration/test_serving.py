@@ -344,23 +344,40 @@ def test_v2_answers_sent_from_response_threads(tiny_checkpoint, tmp_path, eager,
     assert returncode == 0
 
 
+def triton_on(repository):
+    """A tritonserver for `repository` on free loopback ports, not started."""
+    from serving.server import ServerOptions, TritonServer, free_ports
+
+    http, grpc, metrics = free_ports(3)
+    return TritonServer(ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics))
+
+
+def load_then_stop(repository) -> None:
+    """tritonserver started on `repository` (MoEError with its load errors if a model does not
+    load), then stopped."""
+    server = triton_on(repository)
+    try:
+        server.start(timeout=120)
+    finally:
+        server.stop()
+        server.cleanup()
+
+
 def test_the_vendored_backend_takes_gpu_wait_and_names_a_bad_one(tiny_repository, tmp_path):
     """GPU_WAIT (`moe export --gpu-wait`) is read by the vendored backend: a known value loads
     (on the CPU it has no GPU to apply to) and answers; an unknown one keeps the model from
     loading with an error naming the parameter and its values."""
-    from serving.server import ServerOptions, TritonServer, free_ports
 
-    def serve_postprocessing_with(wait: str) -> TritonServer:
+    def postprocessing_with(wait: str):
         repository = tmp_path / wait
         shutil.copytree(tiny_repository / "model_repository" / "postprocessing", repository / "postprocessing")
         config = repository / "postprocessing" / "config.pbtxt"
         config.write_text(
             config.read_text() + f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}\n'
         )
-        http, grpc, metrics = free_ports(3)
-        return TritonServer(ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics))
+        return repository
 
-    server = serve_postprocessing_with("block")
+    server = triton_on(postprocessing_with("block"))
     try:
         server.start(timeout=120)
         client = httpclient.InferenceServerClient(server.http_url)
@@ -373,34 +390,21 @@ def test_the_vendored_backend_takes_gpu_wait_and_names_a_bad_one(tiny_repository
         server.stop()
         server.cleanup()
 
-    server = serve_postprocessing_with("sometimes")
-    try:
-        with pytest.raises(MoEError, match="GPU_WAIT must be auto, spin, yield or block, got 'sometimes'"):
-            server.start(timeout=120)
-    finally:
-        server.stop()
-        server.cleanup()
+    with pytest.raises(MoEError, match="GPU_WAIT must be auto, spin, yield or block, got 'sometimes'"):
+        load_then_stop(postprocessing_with("sometimes"))
 
 
 def test_the_vendored_backend_refuses_cuda_graphs_without_a_gpu_instance(tiny_repository, tmp_path):
     """CUDA_GRAPH_MAX_BATCH (`moe export --full-model-cuda-graphs`) is read by the vendored backend;
     a CPU instance cannot capture a graph, and the model does not load, saying so."""
-    from serving.server import ServerOptions, TritonServer, free_ports
-
     repository = tmp_path / "graphs"
     shutil.copytree(tiny_repository / "model_repository" / "postprocessing", repository / "postprocessing")
     config = repository / "postprocessing" / "config.pbtxt"
     config.write_text(
         config.read_text() + '\nparameters { key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "8" } }\n'
     )
-    http, grpc, metrics = free_ports(3)
-    server = TritonServer(ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics))
-    try:
-        with pytest.raises(MoEError, match="CUDA_GRAPH_MAX_BATCH needs a KIND_GPU instance"):
-            server.start(timeout=120)
-    finally:
-        server.stop()
-        server.cleanup()
+    with pytest.raises(MoEError, match="CUDA_GRAPH_MAX_BATCH needs a KIND_GPU instance"):
+        load_then_stop(repository)
 
 
 def test_the_cuda_graph_exports_warm_up_requests_load_on_a_real_server(tiny_checkpoint, tmp_path):
@@ -408,8 +412,6 @@ def test_the_cuda_graph_exports_warm_up_requests_load_on_a_real_server(tiny_chec
     batches of real tokens (read from its warmup/ folder) through the eager forward. Served here on
     a CPU instance without the graphs' parameter, the server runs those requests as it loads, and
     refuses to load if one is malformed (a data file too short for its sample)."""
-    from serving.server import ServerOptions, TritonServer, free_ports
-
     opts = ExportOptions(device="cuda", full_model_cuda_graphs=8)
     built = export_repository(tiny_checkpoint, tmp_path / "gpu", opts, progress=False, log=lambda *_: None)
     repository = tmp_path / "cpu"
@@ -419,22 +421,10 @@ def test_the_cuda_graph_exports_warm_up_requests_load_on_a_real_server(tiny_chec
     assert text.count('name: "eager_forward_') == 2 and (repository / "full_model" / "warmup" / "mask_ones").exists()
     text = text.replace("KIND_GPU", "KIND_CPU").replace("gpus: [ 0 ]", "gpus: [ ]")
     config.write_text(text.replace('parameters { key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "8" } }', ""))
-
-    def loads() -> None:
-        http, grpc, metrics = free_ports(3)
-        server = TritonServer(
-            ServerOptions(repository=repository, http_port=http, grpc_port=grpc, metrics_port=metrics)
-        )
-        try:
-            server.start(timeout=120)
-        finally:
-            server.stop()
-            server.cleanup()
-
-    loads()
+    load_then_stop(repository)
     (repository / "full_model" / "warmup" / "mask_ones").write_bytes(b"\x01" * 4)
     with pytest.raises(MoEError, match="warmup setting expects"):
-        loads()
+        load_then_stop(repository)
 
 
 def test_half_precision_v2_is_checked_at_export_then_served(tiny_checkpoint, tmp_path, data_dir, monkeypatch):
