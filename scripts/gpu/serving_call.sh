@@ -38,6 +38,7 @@
 #              export options joined by commas (s:--full-model-cuda-graphs=64,--gpu-wait=block);
 #              a NAME=VALUE among them is set in the environment of the export, server and bench
 #              (s:CUDA_MODULE_LOADING=EAGER,--full-model-cuda-graphs=64)
+#   v2:FLAGS   the same export, v2 at the call's BATCH_SIZES and CONCURRENCY
 #   tokenizer  the tokenizer stage's rate outside Triton, in 1 and 12 processes
 #   profile    full_model in process: precision variants (PROFILE_VARIANTS, default all), threads,
 #              kernels, with what is left (PROFILE_BATCHES, PROFILE_THREADS, PROFILE_SECONDS: the
@@ -55,6 +56,18 @@ trap pack EXIT
 # shellcheck source=scripts/gpu/setup.sh
 source scripts/gpu/setup.sh .devcarry/gpu > "$R/setup.log" 2>&1 || { tail -20 "$R/setup.log"; exit 1; }
 echo "set-up done at $(($(date +%s) - start)) s"
+# An export with FLAGS (options joined by commas; NAME=VALUE among them goes into the environment of
+# the export, server and bench), served and benched as the caller's WORKFLOWS, BATCH_SIZES and
+# CONCURRENCY say; its files are named PREFIX and the flags.
+flagged_step() {
+  local flags=$1 prefix=$2 envs=() options=() flag
+  for flag in ${flags//,/ }; do
+    case $flag in [!-]*=*) envs+=("$flag") ;; *) options+=("$flag") ;; esac
+  done
+  env ${envs[@]+"${envs[@]}"} timeout $(($(left) - 30)) \
+    scripts/gpu/serve_bench.sh "$prefix$(printf %s "$flags" | tr -cs 'a-zA-Z0-9' '-')" "$R" \
+    ${options[@]+"${options[@]}"}
+}
 export SECONDS_PER_LEVEL=${SECONDS_PER_LEVEL:-4}
 for step in ${STEPS:-default tokenizer profile}; do
   echo "--- $step at $(($(date +%s) - start)) s"
@@ -101,14 +114,8 @@ for step in ${STEPS:-default tokenizer profile}; do
       WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=${TRACE_CONCURRENCY:-192} CHECK=0 BENCH_OPTIONS="--trace-rate 50" \
         timeout $(($(left) - 30)) scripts/gpu/serve_bench.sh trace "$R" ${TRACE_EXPORT:-}
       cat "$R/bench-trace/trace.md" ;;
-    s:*)
-      flags=${step#s:} envs=() options=()
-      for flag in ${flags//,/ }; do
-        case $flag in [!-]*=*) envs+=("$flag") ;; *) options+=("$flag") ;; esac
-      done
-      env ${envs[@]+"${envs[@]}"} WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 timeout $(($(left) - 30)) \
-        scripts/gpu/serve_bench.sh "s$(printf %s "$flags" | tr -cs 'a-zA-Z0-9' '-')" "$R" \
-        ${options[@]+"${options[@]}"} ;;
+    s:*) WORKFLOWS=v2 BATCH_SIZES=1 CONCURRENCY=1,192 flagged_step "${step#s:}" s ;;
+    v2:*) WORKFLOWS=v2 flagged_step "${step#v2:}" v2 ;;
     tokenizer) timeout 40 python3 scripts/tokenizer_rate.py --processes 1,12 --seconds 4 --out "$R/tokenizer_rate.json" ;;
     profile)
       timeout $(($(left) - 15)) python3 scripts/gpu/full_model_profile.py --out "$R/full_model_profile.json" \
