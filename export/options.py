@@ -67,12 +67,12 @@ class ExportOptions:
     # forward, which otherwise launches each of its kernels from the TorchScript interpreter and
     # reads the experts' token counts on the host. Graphed batches run FullModel.device_answer:
     # every padded position as a token and every expert on every token. 0: never. None: 0. On one
-    # H100 (docs/gpu_serving.md, calls 19-22) graphs answered single texts at C=1 in 1.61 ms at
-    # the median against 3.95 without; up to 64 texts their p99 at C=192 was 879 ms against 43
-    # (traced to executions of 440-920 ms, read as the eager forward's first runs above 64 texts
-    # coming under load; the warm-up now runs it at load, not yet measured), up to 256 it was 49 ms,
-    # but batches of 32 lost a quarter of their rate (84,767 texts/s against 104,305-126,735): off
-    # keeps the batches.
+    # H100 (docs/gpu_serving.md, calls 19-25) graphs answered single texts at C=1 in 1.43-1.61 ms
+    # at the median against 3.95-4.43 without. Up to 64 or 128 texts they kept the batches' rate
+    # and served more single texts at C=192, but with p99 59-94 ms (64) and 78 ms (128) where off
+    # kept 37-43 (since the warm-up runs the eager forward at load; 879-1,112 ms before it); up to
+    # 256 p99 was 49 ms but batches of 32 lost a quarter of their rate. Off is the one setting
+    # that kept both the batches' rate and a p99 under 50 ms at C=192.
     full_model_cuda_graphs: int | None = None
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None

@@ -43,6 +43,7 @@ def main() -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, StrMethodFormatter
 
     out = Path(sys.argv[1])
     runs = [
@@ -66,6 +67,9 @@ def main() -> None:
             ax.text(v or 0, i, " " + text, va="center", fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.set_xlim(0, max((v for v in values if v is not None), default=1) * 1.5)
+        # Few ticks with thousands separators: six-digit rates otherwise run into each other.
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     axes[0].set_yticks(range(len(labels)), labels, fontsize=8)
     axes[0].invert_yaxis()
     fig.suptitle("v2 on one GPU by export (wrk, every answer checked against eager)", fontsize=10)
