@@ -2029,8 +2029,14 @@ ModelInstanceState::RunGraphed(
     const int64_t rows = inputs[i].size(0);
     const int64_t room = graph.inputs[i].size(0);
     if (rows > room) {
+      std::string name = "#" + std::to_string(i);
+      for (const auto& input_index : input_index_map_) {
+        if (input_index.second == (int)i) {
+          name = "'" + input_index.first + "'";
+        }
+      }
       throw std::invalid_argument(
-          "input " + std::to_string(i) + " has " + std::to_string(rows) +
+          "input " + name + " has " + std::to_string(rows) +
           " rows; graph_rows(" + std::to_string(padded) + ") allows " +
           std::to_string(room));
     }
