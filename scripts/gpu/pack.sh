@@ -3,7 +3,7 @@
 # of the project itself: the tritonserver 2.51 of the nvidia-pytriton wheel (binary, Python
 # backend, the Python 3.12 stub, its libraries), numpy 1.26 for the Python-backend stubs (their
 # pybind11 garbles text tensors under numpy 2), tritonclient and what its HTTP client needs, and
-# the rapidjson headers NVIDIA's libtorch backend is built with. About 31 MB.
+# the rapidjson headers NVIDIA's libtorch backend is built with. About 29 MB.
 #
 #   scripts/gpu/pack.sh [OUT]            (default .devcarry/gpu; add --with-project to include a
 #                                         `git archive` of HEAD for a machine without the checkout)
@@ -55,6 +55,14 @@ mkdir -p "$TMP/site"
 for wheel in "$TMP"/wheels/*.whl; do (cd "$TMP/site" && $PY -m zipfile -e "$wheel" .); done
 rm -rf "$TMP"/site/numpy/*/tests "$TMP"/site/numpy/tests "$TMP"/site/gevent/tests "$TMP"/site/greenlet/tests \
   "$TMP"/site/zope/interface/tests "$TMP"/site/zope/interface/common/tests "$TMP"/site/*.data
+# What nothing here imports, so the call's tree stays under the device's 64 MiB: numpy's SIMD test
+# module, f2py and C headers, and brotli's 5 MB library (geventhttpclient imports brotli but uses it
+# only for answers sent brotli-encoded, which tritonserver never sends unasked).
+rm -rf "$TMP"/site/numpy/core/_simd.* "$TMP"/site/numpy/f2py "$TMP"/site/numpy/core/include \
+  "$TMP"/site/_brotli.* "$TMP"/site/brotli.py
+printf '%s\n' '"""Stand-in for brotli on the GPU machine: the real library is not packed."""' '' '' \
+  'def decompress(data):' '    raise RuntimeError("brotli is not packed for the GPU machine (scripts/gpu/pack.sh)")' \
+  > "$TMP/site/brotli.py"
 tar -C "$TMP/site" -cf - . | xz -9e -T0 > "$OUT/site.tar.xz"
 
 echo "rapidjson headers (Debian's rapidjson-dev)"
