@@ -16,6 +16,8 @@ FULL_MODEL_DTYPES = ("float32", "float16", "bfloat16")
 FULL_MODEL_DTYPE_CHOICES = ("auto", *FULL_MODEL_DTYPES)
 # How tritonserver's threads may wait for the GPU (ExportOptions.gpu_wait).
 GPU_WAITS = ("auto", "spin", "yield", "block")
+# ExportOptions.full_model_cuda_graphs on a GPU unless asked otherwise (its comment says why).
+GPU_CUDA_GRAPHS = 128
 
 
 @dataclass
@@ -66,13 +68,14 @@ class ExportOptions:
     # backend's CUDA_GRAPH_MAX_BATCH; third_party/triton/README.md): one launch for the whole
     # forward, which otherwise launches each of its kernels from the TorchScript interpreter and
     # reads the experts' token counts on the host. Graphed batches run FullModel.device_answer:
-    # every padded position as a token and every expert on every token. 0: never. None: 0. On one
-    # H100 (docs/gpu_serving.md, calls 19-25) graphs answered single texts at C=1 in 1.43-1.61 ms
-    # at the median against 3.95-4.43 without. Up to 64 or 128 texts they kept the batches' rate
-    # and served more single texts at C=192, but with p99 59-94 ms (64) and 78 ms (128) where off
-    # kept 37-43 (since the warm-up runs the eager forward at load; 879-1,112 ms before it); up to
-    # 256 p99 was 49 ms but batches of 32 lost a quarter of their rate. Off is the one setting
-    # that kept both the batches' rate and a p99 under 50 ms at C=192.
+    # every padded position as a token and every expert on every token, so larger batches keep the
+    # eager forward. 0: never. None: 128 on a GPU (at most full_model's largest batch), 0 on the
+    # CPU. On one H100 against off, the same host (docs/gpu_serving.md, call 26): single texts at
+    # C=1 in 1.61 ms at the median (off 5.66), 10,135 texts/s within p99 50 ms (off 8,676), batches
+    # of 32 kept (106,719 texts/s, off 103,865). The cost: past saturation (C=192) its single-text
+    # p99 was 78-140 ms where off kept 42-47 (calls 25-26), while serving more. Up to 64 texts
+    # served fewer single texts at C=192 (calls 23-25); up to 256 cost batches of 32 a quarter of
+    # their rate.
     full_model_cuda_graphs: int | None = None
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
@@ -119,7 +122,13 @@ class ExportOptions:
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
             full_model_answer=self.full_model_answer if self.full_model_answer != "auto" else "device",
             full_model_response_threads=self.full_model_response_threads or 0,
-            full_model_cuda_graphs=self.full_model_cuda_graphs or 0,
+            full_model_cuda_graphs=(
+                self.full_model_cuda_graphs
+                if self.full_model_cuda_graphs is not None
+                else 0
+                if on_cpu
+                else min(GPU_CUDA_GRAPHS, pick("full_model_max_batch"))
+            ),
         )
 
 

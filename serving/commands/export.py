@@ -62,7 +62,7 @@ from .common import field_option, friendly_errors
     "full_model_cuda_graphs",
     type=click.IntRange(min=0),
     help="executions of v2's model of at most N texts replay a CUDA graph, one launch for the whole "
-    "forward, its graphs captured at load (--device cuda only; 0: never, the default)",
+    "forward, its graphs captured at load (--device cuda only; 0: never; default: 128 on a GPU)",
 )
 @field_option(
     ExportOptions,

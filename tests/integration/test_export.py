@@ -129,8 +129,9 @@ def test_the_export_command_writes_how_the_server_waits_for_the_gpu(tiny_checkpo
 
 
 def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, tmp_path):
-    """A GPU export asked for CUDA graphs captures them in a warm-up at load; a CPU export
-    refuses to be asked for them, and neither has them unless asked."""
+    """A GPU export captures CUDA graphs in a warm-up at load, up to 128 texts unless asked
+    otherwise (never above full_model's largest batch); a CPU export refuses to be asked for them
+    and has none."""
     r = run_cli(
         "export", tiny_checkpoint, "--out", tmp_path / "gpu", "--device", "cuda", "--full-model-cuda-graphs", "64"
     )
@@ -142,11 +143,22 @@ def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, t
     assert all(hasattr(full_model, m) for m in ("graph_rows", "device_answer", "host_answer"))
     r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "cpu", "--full-model-cuda-graphs", "64")
     assert r.returncode != 0 and "--full-model-cuda-graphs needs --device cuda" in r.stderr
-    for flags in (("--device", "cuda"), ()):
-        r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "none", *flags)
+    expected = {
+        ("--device", "cuda"): "128",
+        ("--device", "cuda", "--full-model-max-batch", "32"): "32",
+        ("--device", "cuda", "--full-model-cuda-graphs", "0"): None,
+        (): None,
+    }
+    for flags, graphs in expected.items():
+        r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "default", *flags)
         assert r.returncode == 0, r.stderr
-        config = (tmp_path / "none" / "model_repository" / "full_model" / "config.pbtxt").read_text()
-        assert "CUDA_GRAPH" not in config and "model_warmup" not in config
+        config = (tmp_path / "default" / "model_repository" / "full_model" / "config.pbtxt").read_text()
+        if graphs is None:
+            assert "CUDA_GRAPH" not in config and "model_warmup" not in config, flags
+        else:
+            assert f'key: "CUDA_GRAPH_MAX_BATCH" value: {{ string_value: "{graphs}" }}' in config, flags
+            # Batches above the graphs' limit run the eager forward: it is warmed up at load too.
+            assert ("eager_forward_full" in config) is (graphs == "128"), flags
 
 
 def test_the_export_command_sets_every_dynamic_batchers_delay(tiny_checkpoint, tmp_path):
