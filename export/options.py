@@ -16,6 +16,7 @@ FULL_MODEL_DTYPES = ("float32", "float16", "bfloat16")
 FULL_MODEL_DTYPE_CHOICES = ("auto", *FULL_MODEL_DTYPES)
 # How tritonserver's threads may wait for the GPU (ExportOptions.gpu_wait).
 GPU_WAITS = ("auto", "spin", "yield", "block")
+GRAPH_EXPERTS = ("auto", "dense", "blocked")
 # ExportOptions.full_model_cuda_graphs on a GPU unless asked otherwise (its comment says why).
 GPU_CUDA_GRAPHS = 128
 
@@ -77,6 +78,12 @@ class ExportOptions:
     # served fewer single texts at C=192 (calls 23-25); up to 256 cost batches of 32 a quarter of
     # their rate.
     full_model_cuda_graphs: int | None = None
+    # How a graphed batch reaches its experts: "dense", every expert on every padded position
+    # (MoEFeedForward.forward_dense), or "blocked", each position on its top-k experts in blocks of
+    # one expert each (MoEFeedForward.forward_blocked: about k/E of the experts' FLOPs, the same
+    # answer to float rounding), which would let graphs cover large batches too. "auto": dense,
+    # the one measured on a GPU so far.
+    full_model_graph_experts: str = "auto"
     # Test texts that check: None, all 7,600; fewer for a quick look (the manifest says how many).
     precision_check_texts: int | None = None
     # v1 runs each batch as this many length-sorted groups through the attention pieces at once,
@@ -122,6 +129,9 @@ class ExportOptions:
             expert_fanout=self.expert_fanout if self.expert_fanout != "auto" else "ensemble",
             full_model_answer=self.full_model_answer if self.full_model_answer != "auto" else "device",
             full_model_response_threads=self.full_model_response_threads or 0,
+            full_model_graph_experts="dense"
+            if self.full_model_graph_experts == "auto"
+            else self.full_model_graph_experts,
             full_model_cuda_graphs=(
                 self.full_model_cuda_graphs
                 if self.full_model_cuda_graphs is not None

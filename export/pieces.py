@@ -163,9 +163,12 @@ class FullModel(nn.Module):
     batch as one (a GPU, where each group costs its own kernel launches).
 
     With `answer_on_host` the logits come to host memory in one copy per batch and the answer is
-    computed there (ExportOptions.full_model_answer says why)."""
+    computed there (ExportOptions.full_model_answer says why). With `blocked_experts` the graphed
+    form reaches each token's experts in blocks (ExportOptions.full_model_graph_experts)."""
 
-    def __init__(self, model: MoEClassifier, length_group: int = 0, answer_on_host: bool = False):
+    def __init__(
+        self, model: MoEClassifier, length_group: int = 0, answer_on_host: bool = False, blocked_experts: bool = False
+    ):
         super().__init__()
         self.model = model
         self.answer = Postprocessing(list(model.cfg.labels))
@@ -174,6 +177,7 @@ class FullModel(nn.Module):
         self.n_classes = model.cfg.n_classes
         self.length_group = length_group
         self.answer_on_host = answer_on_host
+        self.blocked_experts = blocked_experts
 
     def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
         logits = self.logits(ids, mask, lengths)
@@ -193,7 +197,7 @@ class FullModel(nn.Module):
         small batches, its inputs padded with rows of zeros to graph_rows, then calls host_answer.
         A text longer than max_len, which the tokenizer never sends, is cut to it."""
         ids, mask = unflatten_fixed(ids, mask, lengths, self.max_len, self.pad_id)
-        return self.answer.probabilities(self.model.forward_padded(ids, mask))
+        return self.answer.probabilities(self.model.forward_padded(ids, mask, self.blocked_experts))
 
     @torch.jit.export
     def host_answer(self, probs: Tensor, label_id: Tensor) -> Tuple[Tensor, Tensor, List[str]]:
@@ -218,15 +222,18 @@ def build_pieces(
     length_group: int = 0,
     full_model: MoEClassifier | None = None,
     answer_on_host: bool = False,
+    blocked_experts: bool = False,
 ) -> dict:
-    """Triton model name -> eager wrapper module (`length_group`, `answer_on_host`: see FullModel;
+    """Triton model name -> eager wrapper module (`length_group`, `answer_on_host`, `blocked_experts`: see FullModel;
     `full_model`: the model v2 runs, `model` itself unless given, e.g. in half precision)."""
     pieces = {
         "embedding": EmbeddingPiece(model),
         "attention": AttentionPiece(model),
         "gating": GatingPiece(model),
         "classifier": ClassifierPiece(model),
-        "full_model": FullModel(model if full_model is None else full_model, length_group, answer_on_host),
+        "full_model": FullModel(
+            model if full_model is None else full_model, length_group, answer_on_host, blocked_experts
+        ),
         "postprocessing": Postprocessing(list(model.cfg.labels)),
     }
     for e in range(model.cfg.n_experts):

@@ -49,14 +49,14 @@ def probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tens
 
 
 @torch.no_grad()
-def padded_probabilities(model, tokenizer, texts: list[str], device: str) -> torch.Tensor:
+def padded_probabilities(model, tokenizer, texts: list[str], device: str, blocked: bool = False) -> torch.Tensor:
     """probabilities through MoEClassifier.forward_padded at max_len, the form CUDA graphs serve."""
     out = []
     for s in range(0, len(texts), 256):
         ids, mask = encode(tokenizer, texts[s : s + 256], model.cfg.max_len)
         width = model.cfg.max_len - ids.shape[1]
         ids, mask = F.pad(ids, (0, width), value=model.cfg.pad_id), F.pad(mask, (0, width), value=False)
-        out.append(torch.softmax(model.forward_padded(ids.to(device), mask.to(device)).float(), -1).cpu())
+        out.append(torch.softmax(model.forward_padded(ids.to(device), mask.to(device), blocked).float(), -1).cpu())
     return torch.cat(out)
 
 
@@ -70,10 +70,12 @@ def check_precision(
     data=DEFAULT_DATA,
     log=print,
     padded: bool = False,
+    blocked: bool = False,
 ) -> dict:
     """The gate: `half` against `model` (fp32) on the first `texts` test texts (None: all), and
-    with `padded` (CUDA graphs) `half`'s padded forward as well. Returns what it measured; raises
-    MoEError if a label differs or a probability moves more than TOLERANCE."""
+    with `padded` (CUDA graphs) `half`'s padded forward as well (its experts `blocked` or dense).
+    Returns what it measured; raises MoEError if a label differs or a probability moves more than
+    TOLERANCE."""
     device = "cuda" if export_device == "cuda" and torch.cuda.is_available() else "cpu"
     try:
         texts = load_split(str(data), "test").texts[:texts]
@@ -84,7 +86,7 @@ def check_precision(
     half_on_device = copy.deepcopy(half).to(device)
     forms = [probabilities(half_on_device, tokenizer, texts, device)]
     if padded:  # both forms serve: CUDA graphs the padded one, larger batches the packed one
-        forms.append(padded_probabilities(half_on_device, tokenizer, texts, device))
+        forms.append(padded_probabilities(half_on_device, tokenizer, texts, device, blocked))
     result = dict(
         dtype=dtype,
         device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
@@ -132,5 +134,6 @@ def choose_full_model(model, tokenizer, opts: ExportOptions, log=print) -> tuple
             opts.precision_check_texts,
             log=log,
             padded=bool(opts.full_model_cuda_graphs),
+            blocked=opts.full_model_graph_experts == "blocked",
         ),
     )

@@ -28,7 +28,7 @@ from moe.files import replaced_folder
 from moe.tokenizer import encode, load_fast_tokenizer
 
 from .configs import WARMUP_MASK, fill, model_values
-from .options import DEFAULT_OUT, GPU_WAITS, ExportOptions
+from .options import DEFAULT_OUT, GPU_WAITS, GRAPH_EXPERTS, ExportOptions
 from .pieces import build_pieces, sample_inputs
 from .precision import choose_full_model
 
@@ -132,6 +132,11 @@ def export_repository(
         raise MoEError(f"--full-model-answer must be auto, device or host, got {opts.full_model_answer!r}")
     if opts.gpu_wait not in GPU_WAITS:
         raise MoEError(f"--gpu-wait must be one of {', '.join(GPU_WAITS)}, got {opts.gpu_wait!r}")
+    if opts.full_model_graph_experts not in GRAPH_EXPERTS:
+        raise MoEError(
+            f"--full-model-graph-experts must be one of {', '.join(GRAPH_EXPERTS)}, "
+            f"got {opts.full_model_graph_experts!r}"
+        )
     if opts.full_model_cuda_graphs and opts.device != "cuda":
         raise MoEError("--full-model-cuda-graphs needs --device cuda: CUDA graphs run on a GPU only")
     model, ckpt = load_checkpoint(checkpoint)
@@ -141,7 +146,13 @@ def export_repository(
     opts = opts.resolved()
     v2_model, dtype, precision = choose_full_model(model, tokenizer, opts, log=log)
     opts = replace(opts, full_model_dtype=dtype)
-    pieces = build_pieces(model, opts.length_group, v2_model, answer_on_host=opts.full_model_answer == "host")
+    pieces = build_pieces(
+        model,
+        opts.length_group,
+        v2_model,
+        answer_on_host=opts.full_model_answer == "host",
+        blocked_experts=opts.full_model_graph_experts == "blocked",
+    )
     samples = sample_inputs(model, ids, mask)
 
     from tqdm.auto import tqdm

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from .config import MoEConfig
 from .routing import (
     balance_loss,
+    blocked_dispatch_plan,
     combine,
     dispatch_plan,
     pad_real_tokens,
@@ -184,6 +185,42 @@ class MoEFeedForward(nn.Module):
         picked = every.gather(1, expert_ids.unsqueeze(2).expand(-1, -1, every.shape[2]))  # [N, k, D]
         return (picked * weights.to(picked.dtype).unsqueeze(2)).sum(1)
 
+    def forward_blocked(self, h: Tensor) -> Tensor:
+        """The update of `forward` with static shapes and no host synchronisation, like
+        forward_dense, at about k/E of its experts' FLOPs: the slots sorted by expert into blocks
+        of one expert each (routing.blocked_dispatch_plan), every block through its expert's
+        weights by one batched matmul per layer of the FFN. Blocks are sized to the slots per
+        expert (8 to 128 rows), so that small batches pay little padding."""
+        expert_ids, weights, _ = self.router(h)
+        n_slots = expert_ids.numel()
+        block = 8
+        while block < 128 and block * 2 * self.n_experts <= n_slots:
+            block *= 2
+        token_index, slot_order, row, block_expert = blocked_dispatch_plan(expert_ids, self.n_experts, block)
+        n_blocks = block_expert.shape[0]
+        w1: List[Tensor] = []
+        b1: List[Tensor] = []
+        w2: List[Tensor] = []
+        b2: List[Tensor] = []
+        for expert in self.experts:
+            w1.append(expert.fc1.weight)
+            b1.append(expert.fc1.bias)
+            w2.append(expert.fc2.weight)
+            b2.append(expert.fc2.bias)
+        x = h.new_zeros(n_blocks * block, h.shape[1]).index_copy(0, row, h.index_select(0, token_index))
+        x = x.view(n_blocks, block, h.shape[1])
+        a = torch.baddbmm(
+            torch.stack(b1).index_select(0, block_expert).unsqueeze(1),
+            x,
+            torch.stack(w1).index_select(0, block_expert).transpose(1, 2),
+        )
+        y = torch.baddbmm(
+            torch.stack(b2).index_select(0, block_expert).unsqueeze(1),
+            F.gelu(a),
+            torch.stack(w2).index_select(0, block_expert).transpose(1, 2),
+        )
+        return combine(y.view(n_blocks * block, h.shape[1]).index_select(0, row), weights, slot_order)
+
 
 class Block(nn.Module):
     def __init__(self, cfg: MoEConfig, layer: int):
@@ -199,10 +236,10 @@ class Block(nn.Module):
         update, expert_ids, logits = self.moe(h)
         return x + update, expert_ids, logits
 
-    def forward_dense(self, x: Tensor, mask: Tensor, real: Tensor) -> Tensor:
-        """forward's x, through MoEFeedForward.forward_dense."""
+    def forward_dense(self, x: Tensor, mask: Tensor, real: Tensor, blocked: bool = False) -> Tensor:
+        """forward's x, through MoEFeedForward.forward_blocked if `blocked`, else forward_dense."""
         x, h = self.attention(x, mask, real)
-        return x + self.moe.forward_dense(h)
+        return x + (self.moe.forward_blocked(h) if blocked else self.moe.forward_dense(h))
 
 
 class Classifier(nn.Module):
@@ -262,18 +299,19 @@ class MoEClassifier(nn.Module):
         return self.forward_routed(ids, mask)[0]
 
     @torch.jit.export
-    def forward_padded(self, ids: Tensor, mask: Tensor) -> Tensor:
-        """forward's logits with every position of [B, T] run as a token and every expert on
-        every token (MoEFeedForward.forward_dense): no shape that depends on the data and no host
-        synchronisation, the form a CUDA graph captures. Attention leaves padding keys out and
-        the classifier's mean leaves padding out, so real texts get forward's answer. A row
-        with no real token computes garbage that stays in its row."""
+    def forward_padded(self, ids: Tensor, mask: Tensor, blocked: bool = False) -> Tensor:
+        """forward's logits with every position of [B, T] run as a token, and every expert on
+        every token (MoEFeedForward.forward_dense) or, if `blocked`, each token on its top-k
+        experts in blocks (MoEFeedForward.forward_blocked): no shape that depends on the data and
+        no host synchronisation, the form a CUDA graph captures. Attention leaves padding keys
+        out and the classifier's mean leaves padding out, so real texts get forward's answer. A
+        row with no real token computes garbage that stays in its row."""
         mask = mask.to(torch.bool)
         B, T = ids.shape
         every = torch.arange(B * T, device=ids.device)
         x = self.embedding(ids.reshape(-1), torch.remainder(every, T))
         for block in self.blocks:
-            x = block.forward_dense(x, mask, every)
+            x = block.forward_dense(x, mask, every, blocked)
         return self.classifier(x, mask, every)
 
     def num_parameters(self) -> int:

@@ -32,6 +32,37 @@ def dispatch_plan(expert_ids: Tensor, n_experts: int) -> Tuple[Tensor, Tensor, L
     return token_index, slot_order, counts
 
 
+def blocked_dispatch_plan(expert_ids: Tensor, n_experts: int, block: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """dispatch_plan's grouping with shapes that depend only on expert_ids' shape, and no read
+    of the per-expert counts on the host (what a CUDA graph can capture): the sorted slots laid
+    out in blocks of `block` rows, each expert's run padded to whole blocks, so that each block
+    holds one expert's slots.
+
+    Returns (token_index, slot_order, row, block_expert): token_index and slot_order as
+    dispatch_plan's; row[i] is sorted slot i's row in the blocked layout of
+    len(block_expert) * block rows (rows no slot lands on are padding), and block_expert[b] the
+    expert of block b. The blocks always number ceil(N*k / block) + n_experts, enough for any
+    routing.
+    """
+    flat = expert_ids.reshape(-1)
+    slot_order = torch.argsort(flat, stable=True)
+    token_index = torch.div(slot_order, expert_ids.shape[1], rounding_mode="floor")
+    sorted_experts = flat.index_select(0, slot_order)
+    # Not bincount: on a GPU it reads the largest id on the host to size its answer.
+    counts = torch.zeros(n_experts, dtype=flat.dtype, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+    run_start = torch.cumsum(counts, 0) - counts
+    padded_counts = torch.div(counts + block - 1, block, rounding_mode="floor") * block
+    padded_end = torch.cumsum(padded_counts, 0)
+    padded_start = padded_end - padded_counts
+    rank = torch.arange(flat.numel(), device=flat.device) - run_start.index_select(0, sorted_experts)
+    row = padded_start.index_select(0, sorted_experts) + rank
+    n_blocks = (flat.numel() + block - 1) // block + n_experts
+    block_start = torch.arange(n_blocks, device=flat.device) * block
+    # Blocks past the last expert's run hold only padding rows: any expert computes them.
+    block_expert = torch.searchsorted(padded_end, block_start, right=True).clamp(max=n_experts - 1)
+    return token_index, slot_order, row, block_expert
+
+
 def combine(expert_outputs: Tensor, expert_weights: Tensor, slot_order: Tensor) -> Tensor:
     """sum_k w_k * expert_{e_k}(h) per token, from expert outputs in dispatch order.
 

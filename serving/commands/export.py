@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from export.options import DEFAULT_OUT, FULL_MODEL_DTYPE_CHOICES, GPU_WAITS, ExportOptions
+from export.options import DEFAULT_OUT, FULL_MODEL_DTYPE_CHOICES, GPU_WAITS, GRAPH_EXPERTS, ExportOptions
 
 from .common import field_option, friendly_errors
 
@@ -63,6 +63,13 @@ from .common import field_option, friendly_errors
     type=click.IntRange(min=0),
     help="executions of v2's model of at most N texts replay a CUDA graph, one launch for the whole "
     "forward, its graphs captured at load (--device cuda only; 0: never; default: 128 on a GPU)",
+)
+@field_option(
+    ExportOptions,
+    "full_model_graph_experts",
+    type=click.Choice(GRAPH_EXPERTS),
+    help="how a graphed batch reaches its experts: dense (every expert on every position) or blocked "
+    "(each position on its top-k experts, in blocks of one expert each); auto: dense",
 )
 @field_option(
     ExportOptions,

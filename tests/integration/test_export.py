@@ -138,9 +138,27 @@ def test_the_export_command_writes_cuda_graphs_for_a_gpu_only(tiny_checkpoint, t
     assert r.returncode == 0, r.stderr
     config = (tmp_path / "gpu" / "model_repository" / "full_model" / "config.pbtxt").read_text()
     assert 'key: "CUDA_GRAPH_MAX_BATCH" value: { string_value: "64" }' in config and "model_warmup" in config
-    # The exported file holds what the backend captures and what it calls before and after.
+    # The exported file holds what the backend captures and what it calls before and after, and
+    # how the graphed form reaches its experts (dense unless asked).
     full_model = torch.jit.load(tmp_path / "gpu" / "model_repository" / "full_model" / "1" / "model.pt")
     assert all(hasattr(full_model, m) for m in ("graph_rows", "device_answer", "host_answer"))
+    assert full_model.blocked_experts is False
+    r = run_cli(
+        "export",
+        tiny_checkpoint,
+        "--out",
+        tmp_path / "blocked",
+        "--device",
+        "cuda",
+        "--full-model-graph-experts",
+        "blocked",
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        json.loads((tmp_path / "blocked" / "manifest.json").read_text())["options"]["full_model_graph_experts"]
+        == "blocked"
+    )
+    assert torch.jit.load(tmp_path / "blocked" / "model_repository" / "full_model" / "1" / "model.pt").blocked_experts
     r = run_cli("export", tiny_checkpoint, "--out", tmp_path / "cpu", "--full-model-cuda-graphs", "64")
     assert r.returncode != 0 and "--full-model-cuda-graphs needs --device cuda" in r.stderr
     expected = {

@@ -76,10 +76,11 @@ def test_full_model_answers_the_same_from_host_memory():
     assert torch.equal(answers[True][1], answers[False][1].cpu()) and answers[True][2] == answers[False][2]
 
 
-def test_the_graphed_answer_equals_forwards_whatever_rows_of_zeros_follow():
+@pytest.mark.parametrize("blocked_experts", [False, True], ids=["dense", "blocked"])
+def test_the_graphed_answer_equals_forwards_whatever_rows_of_zeros_follow(blocked_experts):
     """The CUDA_GRAPH_MAX_BATCH contract (third_party/triton/README.md): device_answer on inputs
     padded with rows of zeros to graph_rows of the batch's power of two, cut to the batch, then
-    host_answer, answers as forward does."""
+    host_answer, answers as forward does, whichever way it reaches the experts."""
     model = make_model()
     ids, mask = random_batch(B=6, T=14, seed=5)
     # Two requests, each padded to its own longest text, concatenated as Triton hands them over.
@@ -89,7 +90,7 @@ def test_the_graphed_answer_equals_forwards_whatever_rows_of_zeros_follow():
     ]
     inputs = [torch.cat(column) for column in zip(*parts)]
     assert inputs[0].shape[0] == 2 * 9 + 4 * 14 and inputs[2].shape[0] == 6  # 74 tokens, 6 rows
-    scripted = torch.jit.script(FullModel(model).eval())
+    scripted = torch.jit.script(FullModel(model, blocked_experts=blocked_experts).eval())
     rows = scripted.graph_rows(8)
     assert rows == [8 * model.cfg.max_len, 8 * model.cfg.max_len, 8]
     with torch.no_grad():

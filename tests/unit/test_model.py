@@ -10,7 +10,7 @@ from torch import nn
 from moe.checkpoint import load_checkpoint, save_checkpoint
 from moe.config import MoEConfig, preset
 from moe.model import MoEClassifier, MoEFeedForward, auxiliary_losses
-from moe.routing import add_to_real_tokens, balance_loss, real_token_index
+from moe.routing import add_to_real_tokens, balance_loss, blocked_dispatch_plan, real_token_index
 
 CFG = dataclasses.replace(preset("tiny"), vocab_size=500)
 # BERT-style blocks, as upcycled from a pretrained encoder (moe/upcycle.py).
@@ -50,6 +50,37 @@ def test_sparse_dispatch_equals_dense_reference():
     dense = (gate.unsqueeze(-1) * all_out).sum(1)
     assert torch.equal(expert_ids, top_ids)
     torch.testing.assert_close(update, dense, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 5, 37, 300])
+def test_blocked_dispatch_gives_the_sparse_update(n_tokens):
+    """forward_blocked (static shapes, for CUDA graphs) computes forward's update, for batches
+    small enough to use the smallest blocks and large enough to use the largest, and when the
+    router sends every token to the same experts (each expert's run padded to whole blocks)."""
+    torch.manual_seed(n_tokens)
+    moe = MoEFeedForward(CFG).eval()
+    h = torch.randn(n_tokens, CFG.d_model)
+    with torch.no_grad():
+        torch.testing.assert_close(moe.forward_blocked(h), moe(h)[0], atol=1e-5, rtol=0)
+        moe.router.proj.weight.zero_()
+        moe.router.proj.weight[3] = 1.0  # every token: expert 3 first, then the lowest id of the tied rest
+        moe.router.proj.weight[5] = 0.5
+        h = h.abs() + 0.1
+        assert set(moe(h)[1].unique().tolist()) == {3, 5}
+        torch.testing.assert_close(moe.forward_blocked(h), moe(h)[0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("block", [8, 32])
+def test_the_blocked_plan_puts_each_slot_in_a_block_of_its_own_expert(block):
+    torch.manual_seed(block)
+    n_experts = CFG.n_experts
+    for expert_ids in (torch.randint(0, n_experts, (45, 2)), torch.zeros(45, 2, dtype=torch.long)):
+        token_index, slot_order, row, block_expert = blocked_dispatch_plan(expert_ids, n_experts, block)
+        assert block_expert.shape[0] == -(-expert_ids.numel() // block) + n_experts
+        assert row.unique().numel() == row.numel() and int(row.max()) < block_expert.shape[0] * block
+        sorted_experts = expert_ids.reshape(-1)[slot_order]
+        assert torch.equal(block_expert[torch.div(row, block, rounding_mode="floor")], sorted_experts)
+        assert torch.equal(token_index, torch.div(slot_order, 2, rounding_mode="floor"))
 
 
 def test_dispatch_skips_padding_tokens():
@@ -150,14 +181,17 @@ def test_forward_equals_composition_of_pieces(cfg):
 
 
 @both_blocks
-def test_the_padded_forward_gives_the_packed_forwards_logits(cfg):
-    """forward_padded runs padding positions as tokens and every expert on every token (what a
-    CUDA graph captures); real texts get forward's logits, in eager and in TorchScript."""
+@pytest.mark.parametrize("blocked", [False, True], ids=["dense", "blocked"])
+def test_the_padded_forward_gives_the_packed_forwards_logits(cfg, blocked):
+    """forward_padded runs padding positions as tokens, through every expert or, blocked, each
+    through its own (what a CUDA graph captures); real texts get forward's logits, in eager and
+    in TorchScript."""
     model = make_model(cfg=cfg)
     ids, mask = random_batch(B=5, T=11, seed=4, cfg=cfg)
     expected = model(ids, mask)
-    torch.testing.assert_close(model.forward_padded(ids, mask), expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.jit.script(model).forward_padded(ids, mask), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.forward_padded(ids, mask, blocked), expected, atol=1e-5, rtol=0)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted.forward_padded(ids, mask, blocked), expected, atol=1e-5, rtol=0)
     # Padding positions hold values of their own, unlike the packed forward's zeros: the mean
     # must leave them out (the rows with padding are the ones that would move).
     assert not bool(mask.all())
