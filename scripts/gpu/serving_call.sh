@@ -125,5 +125,7 @@ for step in ${STEPS:-default tokenizer profile}; do
       grep -h '^{' "$R/profile.log" | cut -c1-300 ;;
     *) echo "unknown step $step" ;;
   esac
+  # A step whose timed command ran out of the call's budget says so (its files so far still come back).
+  [ $? = 124 ] && echo "--- $step stopped at $(($(date +%s) - start)) s: the call's budget ran out"
 done
 echo "done at $(($(date +%s) - start)) s"
