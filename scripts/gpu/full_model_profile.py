@@ -6,10 +6,11 @@ change only precision (TF32 matmuls, bf16 or fp16 weights).
 
 A variant's name may end in `-groupsN`: FullModel's length groups, the texts run sorted by
 length in groups of N, each padded only to its own longest text (what a CPU export serves).
-`-graphs` (dense variants only, a GPU only): the eager model, with no host synchronisation left,
-captured as CUDA graphs, one per padded shape and calling thread (rows up to a power of two,
-tokens up to a multiple of GRAPH_TOKENS) and replayed in one launch: what removing every
-per-operation launch and the interpreter would leave.
+`-graphs` (dense or blocked variants only, a GPU only): the eager model, with no host
+synchronisation left (`-dense`: every expert on every token; `-blocked`: the served graphs'
+blocked dispatch, MoEFeedForward.forward_blocked), captured as CUDA graphs, one per padded shape
+and calling thread (rows up to a power of two, tokens up to a multiple of GRAPH_TOKENS) and
+replayed in one launch: what removing every per-operation launch and the interpreter would leave.
 
 For each variant: every label of the 7,600 test texts and the largest probability difference
 against the fp32 eager model on the same GPU; milliseconds per call and texts/s with 1 and N
@@ -53,6 +54,7 @@ VARIANTS = {
     "fp16-dense": torch.float16,
     "fp32-groups64": torch.float32,
     "fp16-dense-graphs": torch.float16,
+    "fp16-blocked-graphs": torch.float16,
 }
 # A graph is captured per padded length; texts are padded up to a multiple of this many tokens.
 GRAPH_TOKENS = 32
@@ -82,6 +84,19 @@ class DenseExperts(nn.Module):
         out = torch.baddbmm(self.b2, hidden, self.w2).transpose(0, 1)  # [N, E, D]
         picked = out.gather(1, expert_ids.unsqueeze(2).expand(-1, -1, out.shape[2]))  # [N, k, D]
         return (picked * weights.to(picked.dtype).unsqueeze(2)).sum(1), expert_ids, logits
+
+
+class BlockedExperts(nn.Module):
+    """A measurement: the graphed export's blocked dispatch (MoEFeedForward.forward_blocked,
+    `moe export --full-model-graph-experts blocked`) where Block.forward calls its experts."""
+
+    def __init__(self, moe):
+        super().__init__()
+        self.moe = moe
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        nothing = h.new_empty(0)
+        return self.moe.forward_blocked(h), nothing, nothing
 
 
 def padded_forward(model, ids: Tensor, mask: Tensor) -> Tensor:
@@ -168,6 +183,9 @@ def variant_model(model, name: str):
     if "-dense" in name:
         for block in model.blocks:
             block.moe = DenseExperts(block.moe)
+    if "-blocked" in name:
+        for block in model.blocks:
+            block.moe = BlockedExperts(block.moe)
     return model
 
 
