@@ -16,6 +16,7 @@ FULL_MODEL_DTYPES = ("float32", "float16", "bfloat16")
 FULL_MODEL_DTYPE_CHOICES = ("auto", *FULL_MODEL_DTYPES)
 # How tritonserver's threads may wait for the GPU (ExportOptions.gpu_wait).
 GPU_WAITS = ("auto", "spin", "yield", "block")
+# How a graphed batch may reach its experts (ExportOptions.full_model_graph_experts).
 GRAPH_EXPERTS = ("auto", "dense", "blocked")
 # ExportOptions.full_model_cuda_graphs on a GPU unless asked otherwise (its comment says why).
 GPU_CUDA_GRAPHS = 128

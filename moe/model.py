@@ -236,8 +236,9 @@ class Block(nn.Module):
         update, expert_ids, logits = self.moe(h)
         return x + update, expert_ids, logits
 
-    def forward_dense(self, x: Tensor, mask: Tensor, real: Tensor, blocked: bool = False) -> Tensor:
-        """forward's x, through MoEFeedForward.forward_blocked if `blocked`, else forward_dense."""
+    def forward_padded(self, x: Tensor, mask: Tensor, real: Tensor, blocked: bool = False) -> Tensor:
+        """forward's x with every position a token (MoEClassifier.forward_padded), its experts
+        through MoEFeedForward.forward_blocked if `blocked`, else forward_dense."""
         x, h = self.attention(x, mask, real)
         return x + (self.moe.forward_blocked(h) if blocked else self.moe.forward_dense(h))
 
@@ -311,7 +312,7 @@ class MoEClassifier(nn.Module):
         every = torch.arange(B * T, device=ids.device)
         x = self.embedding(ids.reshape(-1), torch.remainder(every, T))
         for block in self.blocks:
-            x = block.forward_dense(x, mask, every, blocked)
+            x = block.forward_padded(x, mask, every, blocked)
         return self.classifier(x, mask, every)
 
     def num_parameters(self) -> int:
