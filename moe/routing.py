@@ -17,6 +17,14 @@ def top_k_gating(router_logits: Tensor, k: int) -> Tuple[Tensor, Tensor]:
     return expert_ids, torch.softmax(top_logits, dim=-1)
 
 
+def sorted_slots(expert_ids: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The flattened [N*k] slots' experts, the order that sorts them by expert (stable, so tokens
+    keep their order inside an expert), and the token of each sorted slot."""
+    flat = expert_ids.reshape(-1)
+    slot_order = torch.argsort(flat, stable=True)
+    return flat, slot_order, torch.div(slot_order, expert_ids.shape[1], rounding_mode="floor")
+
+
 def dispatch_plan(expert_ids: Tensor, n_experts: int) -> Tuple[Tensor, Tensor, List[int]]:
     """Group the N*k routed slots by expert.
 
@@ -25,9 +33,7 @@ def dispatch_plan(expert_ids: Tensor, n_experts: int) -> Tuple[Tensor, Tensor, L
     that sorted slot i belongs to, and counts[e] is how many slots expert e receives. Expert e's
     tokens are therefore token_index[sum(counts[:e]) : sum(counts[:e+1])].
     """
-    flat = expert_ids.reshape(-1)
-    slot_order = torch.argsort(flat, stable=True)
-    token_index = torch.div(slot_order, expert_ids.shape[1], rounding_mode="floor")
+    flat, slot_order, token_index = sorted_slots(expert_ids)
     counts: List[int] = torch.bincount(flat, minlength=n_experts).tolist()
     return token_index, slot_order, counts
 
@@ -44,9 +50,7 @@ def blocked_dispatch_plan(expert_ids: Tensor, n_experts: int, block: int) -> Tup
     expert of block b. The blocks always number ceil(N*k / block) + n_experts, enough for any
     routing.
     """
-    flat = expert_ids.reshape(-1)
-    slot_order = torch.argsort(flat, stable=True)
-    token_index = torch.div(slot_order, expert_ids.shape[1], rounding_mode="floor")
+    flat, slot_order, token_index = sorted_slots(expert_ids)
     sorted_experts = flat.index_select(0, slot_order)
     # Not bincount: on a GPU it reads the largest id on the host to size its answer.
     counts = torch.zeros(n_experts, dtype=flat.dtype, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))

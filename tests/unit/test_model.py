@@ -63,7 +63,7 @@ def test_blocked_dispatch_gives_the_sparse_update(n_tokens):
     with torch.no_grad():
         torch.testing.assert_close(moe.forward_blocked(h), moe(h)[0], atol=1e-5, rtol=0)
         moe.router.proj.weight.zero_()
-        moe.router.proj.weight[3] = 1.0  # every token: expert 3 first, then the lowest id of the tied rest
+        moe.router.proj.weight[3] = 1.0  # positive tokens: expert 3 first, expert 5 second, for every one
         moe.router.proj.weight[5] = 0.5
         h = h.abs() + 0.1
         assert set(moe(h)[1].unique().tolist()) == {3, 5}
