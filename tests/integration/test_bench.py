@@ -165,7 +165,9 @@ def test_bench_with_the_product_client(server, tiny_checkpoint, data_dir, tmp_pa
     (level,) = run_bench(opts, endpoint, log=lambda *_: None)["levels"]
     assert level["errors"] == 0 and level["agreement_with_eager"] == 1.0
     assert level["load_cpu_ms_per_request"] > 0 and 0 < level["load_cpu_share"] < 1.5
-    assert level["host_cpu_ms_per_request"] >= level["load_cpu_ms_per_request"]
+    # Four requests can be too short for /proc/stat's ticks: then the level has no host number.
+    host = level["host_cpu_ms_per_request"]
+    assert host is None or host >= level["load_cpu_ms_per_request"]
     assert "load client moe_client" in (tmp_path / "bench.md").read_text()
     with pytest.raises(MoEError, match="HTTP only"):
         run_bench(BenchOptions(protocol="grpc", load_client="raw", out=tmp_path), endpoint)
