@@ -6,6 +6,10 @@ change only precision (TF32 matmuls, bf16 or fp16 weights).
 
 A variant's name may end in `-groupsN`: FullModel's length groups, the texts run sorted by
 length in groups of N, each padded only to its own longest text (what a CPU export serves).
+`-padded` (any device): the exported FullModel's `device_answer`, the forward the served CUDA
+graphs replay (every text padded to max_len; `+blocked`: its experts reached as
+`--full-model-graph-experts blocked` exports them), run by the TorchScript interpreter without
+graphs: on the CPU, what each form computes.
 `-graphs` (dense or blocked variants only, a GPU only): the eager model, with no host
 synchronisation left (`-dense`: every expert on every token; `-blocked`: the served graphs'
 blocked dispatch, MoEFeedForward.forward_blocked), captured as CUDA graphs, one per padded shape
@@ -55,6 +59,10 @@ VARIANTS = {
     "fp32-groups64": torch.float32,
     "fp16-dense-graphs": torch.float16,
     "fp16-blocked-graphs": torch.float16,
+    "fp32-padded": torch.float32,
+    "fp32-padded+blocked": torch.float32,
+    "fp16-padded": torch.float16,
+    "fp16-padded+blocked": torch.float16,
 }
 # A graph is captured per padded length; texts are padded up to a multiple of this many tokens.
 GRAPH_TOKENS = 32
@@ -97,6 +105,19 @@ class BlockedExperts(nn.Module):
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         nothing = h.new_empty(0)
         return self.moe.forward_blocked(h), nothing, nothing
+
+
+class PaddedAnswer(nn.Module):
+    """FullModel's device_answer called as FullModel is (the served graphs' forward, not graphed)."""
+
+    def __init__(self, full: FullModel):
+        super().__init__()
+        self.full = full
+
+    def forward(self, ids: Tensor, mask: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, list[str]]:
+        probs, label_id = self.full.device_answer(ids, mask, lengths)
+        labels: list[str] = []
+        return probs, label_id, labels
 
 
 def padded_forward(model, ids: Tensor, mask: Tensor) -> Tensor:
@@ -311,6 +332,9 @@ def main() -> None:
                 print(f"{name}: CUDA graphs need a GPU, skipped", flush=True)
                 continue
             module = GraphedModel(variant_model(model, name).to(device), cfg.pad_id, cfg.max_len)
+        elif "-padded" in name:
+            padded = FullModel(variant_model(model, name), blocked_experts=name.endswith("+blocked"))
+            module = torch.jit.script(PaddedAnswer(padded)).to(device)
         else:
             module = torch.jit.script(FullModel(variant_model(model, name), length_group(name))).to(device)
         try:
