@@ -27,6 +27,22 @@ def response_threads_parameter(threads: int) -> str:
     return f'\nparameters {{ key: "RESPONSE_THREADS" value: {{ string_value: "{threads}" }} }}' if threads else ""
 
 
+def queue_policy(max_queue_size: int, timeout_us: int) -> str:
+    """A dynamic batcher's default_queue_policy, written only where a bound is asked for
+    (ExportOptions.max_queue_size says what one costs)."""
+    if not max_queue_size and not timeout_us:
+        return ""
+    return f"""
+  # Overload answers fast: a full queue or a request waiting past its timeout is rejected
+  # (clients may ask for a shorter timeout per request).
+  default_queue_policy {{
+    timeout_action: REJECT
+    default_timeout_microseconds: {timeout_us}
+    allow_timeout_override: true
+    max_queue_size: {max_queue_size}
+  }}"""
+
+
 def gpu_wait_parameter(wait: str) -> str:
     """GPU_WAIT for the vendored backend (ExportOptions.gpu_wait says why); none for "auto"."""
     return "" if wait == "auto" else f'\nparameters {{ key: "GPU_WAIT" value: {{ string_value: "{wait}" }} }}'
@@ -105,8 +121,7 @@ def model_values(cfg, opts: ExportOptions, experts_template) -> dict[str, dict]:
     queue = dict(
         max_batch_size=opts.max_batch_size,
         queue_delay_us=opts.queue_delay_us,
-        max_queue_size=opts.max_queue_size,
-        queue_timeout_us=opts.queue_timeout_us,
+        queue_policy=queue_policy(opts.max_queue_size, opts.queue_timeout_us),
     )
     libtorch = dict(libtorch_parameters=LIBTORCH_PARAMETERS)
     d, k = dict(d_model=cfg.d_model), dict(top_k=cfg.top_k)

@@ -28,8 +28,16 @@ class ExportOptions:
     gpus: int = 1  # GPUs to spread experts over with --device cuda
     max_batch_size: int = 64
     queue_delay_us: int = 0
-    max_queue_size: int = 256  # per entry model; beyond it requests are rejected at once
-    queue_timeout_us: int = 10_000_000  # a request waiting longer than this in a queue is rejected
+    # Bounds on each entry model's queue (tokenizer, full_model, BLS, postprocessing): requests
+    # past max_queue_size are rejected at once, and a request queued longer than queue_timeout_us
+    # (or the shorter timeout it asks for; tritonserver 2.51 reads a request's own timeout only
+    # where this one is set) is rejected; 0 and 0, the default: no bound, as Triton has it. Any
+    # bound costs latency: a queue policy turns off the dynamic batcher's prefetching, and
+    # tritonserver 2.51 then waits for a free instance in a way that can miss its wake-up and
+    # sleep out its 500 ms poll. On 2 cores, v2 single texts at 2-16 connections: half of the
+    # levels with 256 and 10 s had a p99 of 471-486 ms, none without (docs/reliability.md).
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
     # Where v1's orchestration runs: "auto" is where the pieces are (with --device cuda the BLS
     # keeps activations on GPU 0); "cpu" keeps it on the CPU whatever the pieces' device, so
     # every layer's activations cross to the host and back (kept to measure what that costs).

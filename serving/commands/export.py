@@ -135,13 +135,20 @@ from .common import field_option, friendly_errors
     "queue_delay_us",
     help="how long the dynamic batchers (tokenizer, full_model, BLS, postprocessing) wait to fill a batch",
 )
-@field_option(ExportOptions, "max_queue_size", help="requests an entry model queues before it rejects new ones")
+@field_option(
+    ExportOptions,
+    "max_queue_size",
+    type=click.IntRange(min=0),
+    help="requests an entry model queues before it rejects new ones (0: no bound; any bound can add up to "
+    "500 ms of queueing under tritonserver 2.51, docs/reliability.md)",
+)
 @click.option(
     "--queue-timeout-ms",
-    type=int,
+    type=click.IntRange(min=0),
     default=ExportOptions.queue_timeout_us // 1000,
     show_default=True,
-    help="a request queued longer than this is rejected (clients may ask for less)",
+    help="a request queued longer than this is rejected, and clients may ask for less "
+    "(0: no timeout, and tritonserver 2.51 then ignores the requests' own)",
 )
 @friendly_errors
 def export_(checkpoint, out, gpus, queue_timeout_ms, **options):

@@ -117,7 +117,7 @@ def test_overload_is_rejected_fast_and_clearly(tiny_checkpoint, tmp_path):
         tmp_path / "small_queues",
         progress=False,
         log=lambda *_: None,
-        opts=ExportOptions(max_queue_size=2),
+        opts=ExportOptions(max_queue_size=2, queue_timeout_us=10_000_000),
     )
     server = start_server(repo)
     try:

@@ -137,6 +137,28 @@ def test_each_template_takes_exactly_its_values(tmp_path):
         fill(template, {"name": "x", "extra": 1})
 
 
+QUEUED_MODELS = ("tokenizer", "full_model", "moe_bls", "postprocessing")
+
+
+@pytest.mark.parametrize("bounds", [(0, 0), (256, 10_000_000), (32, 0)])
+def test_a_queue_policy_is_written_only_where_a_bound_is_asked_for(bounds):
+    """No bound (the default) leaves Triton's prefetching batcher as it is; any bound writes the
+    policy, with both values, into every model that queues requests."""
+    from export.configs import fill, model_values
+    from export.options import ExportOptions
+    from export.repository import MODEL_TEMPLATES
+
+    size, timeout = bounds
+    opts = ExportOptions(max_queue_size=size, queue_timeout_us=timeout).resolved()
+    values = model_values(preset("tiny"), opts, MODEL_TEMPLATES / "experts" / "config.pbtxt")
+    for name in QUEUED_MODELS:
+        text = fill(MODEL_TEMPLATES / name / "config.pbtxt", values[name])
+        assert ("default_queue_policy" in text) == any(bounds), name
+        if any(bounds):
+            assert f"max_queue_size: {size}\n" in text and f"default_timeout_microseconds: {timeout}\n" in text
+    assert ExportOptions().max_queue_size == 0 and ExportOptions().queue_timeout_us == 0
+
+
 def test_experts_are_called_one_by_one_when_the_ensemble_file_does_not_fit_the_model():
     from export.configs import model_values
     from export.options import ExportOptions
