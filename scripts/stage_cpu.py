@@ -17,7 +17,6 @@ import argparse
 import json
 import resource
 import tempfile
-import time
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -139,7 +138,6 @@ def main() -> None:
                 bodies.write_text("".join(make(t) + "\n" for t in texts))
                 rows.append(measure(server, endpoint, bodies, args.concurrency, args.seconds))
                 print(json.dumps(rows[-1]), flush=True)
-                time.sleep(1.0)
     finally:
         server.stop()
         server.cleanup()
